@@ -1,0 +1,1 @@
+# Makes conf/ importable as harness.conf, so Hydra finds it as pkg://harness.conf when installed.

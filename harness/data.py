@@ -1,0 +1,118 @@
+"""Text corpora for perplexity (and, later, calibration).
+
+`pydoc` ships with Python (the standard library's pydoc topics: English technical prose) and needs no
+network. `wikitext2` and `c4` are read from the Hugging Face hub exactly as GPTQ, SparseGPT and Wanda
+read them, or from local files in the hub's own format (`data_path=`) on offline clusters.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from urllib.parse import urlparse
+
+import torch
+from dataclasses import dataclass
+
+
+class DataUnavailable(RuntimeError):
+    """A dataset could not be read; the message says why and what to do instead."""
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    text: str
+    separator: str  # how documents were joined (part of the protocol)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+
+def pydoc_corpus(split: str = "test") -> Corpus:
+    """Topics in sorted order, alternately to `test` (evaluation) and `train` (calibration), so that a
+    calibrated method never sees the text it is scored on."""
+    from pydoc_data.topics import topics
+
+    keys = sorted(topics)[{"test": 0, "train": 1}[split] :: 2]
+    return Corpus("pydoc", "\n\n".join(topics[key] for key in keys), "\n\n")
+
+
+def wikitext2_corpus(split: str = "test", data_path: str | None = None) -> Corpus:
+    """GPTQ: load_dataset('wikitext', 'wikitext-2-raw-v1', split='test') (now Salesforce/wikitext), rows joined with '\\n\\n'."""
+    rows = _load("wikitext2", ("Salesforce/wikitext", "wikitext-2-raw-v1"), split, data_path, "parquet")
+    return Corpus("wikitext2", "\n\n".join(rows["text"]), "\n\n")
+
+
+def c4_corpus(split: str = "validation", data_path: str | None = None) -> Corpus:
+    """GPTQ: the first shard of C4's English validation split, its first 1100 documents joined by ' '."""
+    shard = {"validation": "en/c4-validation.00000-of-00008.json.gz", "train": "en/c4-train.00000-of-01024.json.gz"}
+    rows = _load("c4", ("allenai/c4",), split, data_path, "json", data_files={split: shard[split]})
+    return Corpus("c4", " ".join(rows[:1100]["text"]), " ")
+
+
+HUB_CORPORA = {"wikitext2": wikitext2_corpus, "c4": c4_corpus}
+CORPORA = ("pydoc", *HUB_CORPORA)
+
+
+def load_corpus(name: str, split: str | None = None, data_path: str | None = None) -> Corpus:
+    split_arg = {"split": split} if split else {}
+    if name == "pydoc":
+        return pydoc_corpus(**split_arg)
+    return HUB_CORPORA[name](**split_arg, data_path=data_path)
+
+
+def calibration_windows(
+    tokenizer, dataset: str, n_samples: int, seqlen: int, seed: int, data_path: str | None = None
+) -> torch.Tensor:
+    """[n_samples, seqlen] token ids: random windows of the training split, as GPTQ, SparseGPT and
+    Wanda draw them (a seeded generator; the same seed gives the same windows)."""
+    split = {"c4": "train", "wikitext2": "train", "pydoc": "train"}[dataset]
+    ids = tokenizer(load_corpus(dataset, split, data_path).text, return_tensors="pt").input_ids[0]
+    if ids.numel() <= seqlen:
+        raise DataUnavailable(f"calibration dataset {dataset}: {ids.numel()} tokens, fewer than seqlen={seqlen}")
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, ids.numel() - seqlen, (n_samples,), generator=generator)
+    return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
+
+
+def _load(name, hub_args, split, data_path, local_format, data_files=None):
+    import datasets
+
+    if data_path:
+        files = sorted(_files_under(data_path))
+        if not files:
+            raise DataUnavailable(f"dataset {name}: no files under data_path={data_path}")
+        return datasets.load_dataset(local_format, data_files={split: files}, split=split)
+    _fail_fast_if_offline(name, hub_args)
+    try:
+        return datasets.load_dataset(*hub_args, split=split, data_files=data_files)
+    except Exception as err:  # the hub client raises many types for 'offline'
+        raise DataUnavailable(
+            f"dataset {name} is read from the Hugging Face hub ({'/'.join(hub_args)}), which could not be "
+            f"reached from this machine ({type(err).__name__}). Offline: pass data_path= with the hub's "
+            f"files, or use the offline corpus (tasks=[pydoc])."
+        ) from err
+
+
+def _fail_fast_if_offline(name: str, hub_args: tuple[str, ...]) -> None:
+    """Without a name server for the hub, the hub client retries for ~25 s before failing: skip that.
+    HF_HUB_OFFLINE=1 is left to the client, which then reads the local cache."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        raise DataUnavailable(
+            f"dataset {name} is read from the Hugging Face hub ({'/'.join(hub_args)}), but {host} cannot be "
+            f"resolved: this machine is offline. Pass data_path= with the hub's files, set HF_HUB_OFFLINE=1 "
+            f"to use a local datasets cache, or use the offline corpus (tasks=[pydoc])."
+        ) from None
+
+
+def _files_under(path: str) -> list[str]:
+    if os.path.isfile(path):
+        return [path]
+    return [os.path.join(root, f) for root, _, names in os.walk(path) for f in names]

@@ -1,0 +1,12 @@
+"""The dense baseline: weights stay as loaded."""
+from harness.methods import Method
+
+
+class Dense(Method):
+    name = "none"
+
+    def compress(self, model, layers, compression, calibration=None) -> None:
+        pass
+
+
+METHOD_CLASS = Dense
