@@ -82,7 +82,9 @@ def execute(exp: Experiment, method, specs, watch: Stopwatch) -> dict[str, Any]:
             task.prepare(tokenizer)
         calibration = None
         if method.needs_calibration:
-            calibration = data.calibration_windows(tokenizer, **exp.config["calib"])
+            calib = exp.config["calib"]
+            data_path = exp.config["data_paths"].get(calib["dataset"])
+            calibration = data.calibration_windows(tokenizer, **calib, data_path=data_path)
     with watch.time("load_s"):
         model = models.load_model(model_cfg, exp.device, exp.dtype, exp.config["seed"])
     with watch.time("compress_s"):

@@ -24,9 +24,14 @@ class Perplexity:
     @staticmethod
     def resolve(spec: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
         """Top-level `seqlen` sets the window; top-level `max_eval_tokens`, if set, overrides the
-        task's own token cap (null in the task: the whole corpus)."""
+        task's own token cap (null in the task: the whole corpus); `data_paths.<dataset>` points at
+        a local copy of a hub dataset."""
         cap = config.get("max_eval_tokens")
-        return spec | {"seqlen": int(config["seqlen"]), "max_tokens": cap if cap is not None else spec.get("max_tokens")}
+        return spec | {
+            "seqlen": int(config["seqlen"]),
+            "max_tokens": cap if cap is not None else spec.get("max_tokens"),
+            "data_path": (config.get("data_paths") or {}).get(spec["dataset"]),
+        }
 
     def prepare(self, tokenizer) -> None:
         corpus = load_corpus(self.spec["dataset"], self.spec.get("split"), self.spec.get("data_path"))

@@ -1,0 +1,60 @@
+"""Bad input: a one-line error naming the bad value, non-zero exit, before any model loads."""
+import time
+
+import pytest
+import torch
+
+from conftest import run_cli
+from harness.config import ConfigError
+from harness.run import plan
+
+CASES = {
+    "bits too low": (["bits=1"], "bits=1"),
+    "bits too high": (["bits=17"], "bits=17"),
+    "bits not a number": (["bits=four"], "bits='four'"),
+    "group size does not divide": (["bits=4", "group_size=48"], "group_size=48 does not divide in_features=64"),
+    "group size zero": (["bits=4", "group_size=0"], "group_size=0"),
+    "sparsity one": (["method=magnitude", "sparsity=1.0"], "sparsity=1.0"),
+    "sparsity negative": (["method=magnitude", "sparsity=-0.1"], "sparsity=-0.1"),
+    "N equals M": (["method=magnitude", "sparsity_pattern=4:4"], "sparsity_pattern='4:4'"),
+    "N above M": (["method=magnitude", "sparsity_pattern=5:4"], "sparsity_pattern='5:4'"),
+    "pattern not N:M": (["method=magnitude", "sparsity_pattern=blocky"], "sparsity_pattern='blocky'"),
+    "M does not divide": (["method=magnitude", "sparsity_pattern=2:3"], "M=3 does not divide"),
+    "pattern contradicts sparsity": (["method=magnitude", "sparsity=0.3", "sparsity_pattern=2:4"], "contradicts"),
+    "rtn cannot prune": (["method=rtn", "sparsity=0.5"], "method=rtn does not prune"),
+    "magnitude needs sparsity": (["method=magnitude", "sparsity=0"], "method=magnitude prunes"),
+    "rtn needs bits": (["method=rtn", "bits=16"], "method=rtn quantizes"),
+    "rtn above 8 bits": (["method=rtn", "bits=12"], "bits=12: method=rtn supports 2..8"),
+    "dense baseline with bits": (["method=none", "bits=4"], "method=none leaves weights"),
+    "unknown task": (["tasks=[pydoc,nope]"], "task=nope"),
+    "unknown dtype": (["dtype=fp8"], "dtype='fp8'"),
+    "cuda without a GPU": (["device=cuda"], "device=cuda"),
+}
+
+
+@pytest.mark.parametrize("overrides,message", CASES.values(), ids=CASES.keys())
+def test_bad_value_is_named(hydra_cfg, overrides, message):
+    if overrides == ["device=cuda"] and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        plan(hydra_cfg("model=tiny-random", *overrides))
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["method=rtn", "bits=17"], "error: bits=17"),
+        (["model=no-such-model"], "no-such-model"),
+        (["method=no-such-method"], "no-such-method"),
+        (["tasks=[nope]"], "error: task=nope"),
+    ],
+    ids=["bits", "unknown model", "unknown method", "unknown task"],
+)
+def test_cli_exits_nonzero_before_loading_and_records_nothing(tmp_path, overrides, message):
+    """On the default (real, 135M) model, whose weights take ~30 s to load: the error comes first."""
+    start = time.perf_counter()
+    proc = run_cli(*overrides, results_dir=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert not (tmp_path / "runs").exists()
+    assert time.perf_counter() - start < 25
