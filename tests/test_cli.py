@@ -43,3 +43,15 @@ def test_failed_run_is_recorded_and_exits_nonzero(tmp_path):
     (record,) = records(tmp_path)
     assert record["status"] == "failed"
     assert "no files under data_path" in record["error"]
+
+
+def test_sweep_runs_valid_combinations_and_resumes(tmp_path):
+    sweep = ["-m", *TINY, "method=rtn,magnitude", "bits=3,16", "sparsity=0,0.5"]
+    proc = run_cli(*sweep, results_dir=tmp_path)
+    assert "method=rtn does not prune" in proc.stderr  # bad combinations are named, not fatal
+    done = {(r["config"]["method"]["name"], r["config"]["bits"], r["config"]["sparsity"]) for r in records(tmp_path)}
+    assert done == {("rtn", 3, 0.0), ("magnitude", 3, 0.5), ("magnitude", 16, 0.5)}
+    first = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()}
+    proc = run_cli(*sweep, results_dir=tmp_path)
+    assert (proc.stdout + proc.stderr).count("already finished ok") == 3
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()} == first
