@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
-from urllib.parse import urlparse
 
 import torch
+
+from harness import hub
 from dataclasses import dataclass
 
 
@@ -81,35 +81,24 @@ def _load(name, hub_args, split, data_path, local_format, data_files=None):
     import datasets
 
     if data_path:
-        files = sorted(_files_under(data_path))
+        files = sorted(f for f in _files_under(data_path) if split in os.path.basename(f))  # hub names carry the split
         if not files:
-            raise DataUnavailable(f"dataset {name}: no files under data_path={data_path}")
+            raise DataUnavailable(f"dataset {name}: no files for split {split!r} under data_path={data_path}")
         return datasets.load_dataset(local_format, data_files={split: files}, split=split)
-    _fail_fast_if_offline(name, hub_args)
+    offline = hub.offline_reason()
+    if offline:
+        raise DataUnavailable(
+            f"dataset {name} is read from the Hugging Face hub ({'/'.join(hub_args)}), but {offline}. "
+            f"Pass data_paths.{name}= with the hub's files, or use the offline corpus (tasks=[pydoc])."
+        )
     try:
         return datasets.load_dataset(*hub_args, split=split, data_files=data_files)
     except Exception as err:  # the hub client raises many types for 'offline'
         raise DataUnavailable(
             f"dataset {name} is read from the Hugging Face hub ({'/'.join(hub_args)}), which could not be "
-            f"reached from this machine ({type(err).__name__}). Offline: pass data_path= with the hub's "
+            f"reached from this machine ({type(err).__name__}). Offline: pass data_paths.{name}= with the hub's "
             f"files, or use the offline corpus (tasks=[pydoc])."
         ) from err
-
-
-def _fail_fast_if_offline(name: str, hub_args: tuple[str, ...]) -> None:
-    """Without a name server for the hub, the hub client retries for ~25 s before failing: skip that.
-    HF_HUB_OFFLINE=1 is left to the client, which then reads the local cache."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.getaddrinfo(host, 443)
-    except OSError:
-        raise DataUnavailable(
-            f"dataset {name} is read from the Hugging Face hub ({'/'.join(hub_args)}), but {host} cannot be "
-            f"resolved: this machine is offline. Pass data_path= with the hub's files, set HF_HUB_OFFLINE=1 "
-            f"to use a local datasets cache, or use the offline corpus (tasks=[pydoc])."
-        ) from None
 
 
 def _files_under(path: str) -> list[str]:

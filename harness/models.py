@@ -9,11 +9,13 @@ A model config (conf/model/<name>.yaml) names one source:
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerFast
 
+from harness import hub
 from harness.config import ConfigError
 
 
@@ -41,6 +43,9 @@ def architecture(model_cfg: dict[str, Any]):
     if is_random(model_cfg):
         return LlamaConfig(**model_cfg["random"], vocab_size=len(byte_tokenizer()))
     path, kwargs = _source(model_cfg)
+    offline = None if os.path.isdir(path) else hub.offline_reason()
+    if offline:
+        raise ConfigError(f"model={model_cfg['name']}: {path!r} is a hub id, but {offline}; set model.path to a local copy")
     try:
         return AutoConfig.from_pretrained(path, **kwargs)
     except OSError as err:

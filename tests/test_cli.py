@@ -42,7 +42,7 @@ def test_failed_run_is_recorded_and_exits_nonzero(tmp_path):
     assert proc.returncode != 0
     (record,) = records(tmp_path)
     assert record["status"] == "failed"
-    assert "no files under data_path" in record["error"]
+    assert "no files for split 'test' under data_path" in record["error"]
 
 
 def test_sweep_runs_valid_combinations_and_resumes(tmp_path):

@@ -58,3 +58,10 @@ def test_cli_exits_nonzero_before_loading_and_records_nothing(tmp_path, override
     assert message in proc.stderr
     assert not (tmp_path / "runs").exists()
     assert time.perf_counter() - start < 25
+
+
+def test_hub_model_on_an_offline_machine_is_a_config_error(hydra_cfg, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(ConfigError, match="model=llama3-8b: 'meta-llama/Meta-Llama-3-8B' is a hub id"):
+        plan(hydra_cfg("model=llama3-8b"))

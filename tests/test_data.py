@@ -23,6 +23,7 @@ def test_wikitext2_parses_hub_parquet(tmp_path):
     folder = tmp_path / "wikitext-2-raw-v1"
     folder.mkdir()
     pd.DataFrame({"text": rows}).to_parquet(folder / "test-00000-of-00001.parquet")
+    pd.DataFrame({"text": ["training text"]}).to_parquet(folder / "train-00000-of-00001.parquet")
     corpus = data.load_corpus("wikitext2", "test", str(tmp_path))
     assert corpus.text == "\n\n".join(rows)
 
