@@ -39,9 +39,11 @@ def check_shapes(layers: dict[str, nn.Linear], compression: Compression) -> None
 
 
 @torch.no_grad()
-def compress(model: nn.Module, method: Method, compression: Compression, calibration: Any = None) -> dict[str, float]:
+def compress(
+    model: nn.Module, method: Method, compression: Compression, calibration: Any = None, device: str | None = None
+) -> dict[str, float]:
     layers = compressible_layers(model)
-    method.compress(model, layers, compression, calibration)
+    method_stats = method.compress(model, layers, compression, calibration, device) or {}
     # Kept weights are counted where the mask is chosen: quantization may round more of them to 0.
     count = (lambda w: int(torch.count_nonzero(w))) if compression.sparsity else torch.numel
     kept = {name: count(layer.weight) for name, layer in layers.items()}
@@ -49,7 +51,7 @@ def compress(model: nn.Module, method: Method, compression: Compression, calibra
         # A pruner that cannot quantize is followed by RTN, defined once here: 0 is exactly
         # representable, so the mask survives.
         RoundToNearest().compress(model, layers, compression)
-    return storage_stats(model, layers, kept, compression)
+    return storage_stats(model, layers, kept, compression) | method_stats
 
 
 def layer_bits(layer: nn.Linear, kept: int, compression: Compression) -> float:

@@ -85,10 +85,13 @@ def execute(exp: Experiment, method, specs, watch: Stopwatch) -> dict[str, Any]:
             calib = exp.config["calib"]
             data_path = exp.config["data_paths"].get(calib["dataset"])
             calibration = data.calibration_windows(tokenizer, **calib, data_path=data_path)
+    # A calibrated method keeps the model in CPU memory and moves one block at a time to the device.
     with watch.time("load_s"):
-        model = models.load_model(model_cfg, exp.device, exp.dtype, exp.config["seed"])
+        home = "cpu" if method.needs_calibration else exp.device
+        model = models.load_model(model_cfg, home, exp.dtype, exp.config["seed"])
     with watch.time("compress_s"):
-        stats = compress.compress(model, method, exp.compression, calibration)
+        stats = compress.compress(model, method, exp.compression, calibration, exp.device)
+        model.to(exp.device)
     log.info("compressed %d layers: sparsity %.4f, %.3f bits/weight", stats["compressed_layers"], stats["sparsity"], stats["bits_per_weight"])
     metrics, task_info = {}, {}
     for task in tasks:

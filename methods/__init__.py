@@ -52,9 +52,12 @@ class Method:
         layers: dict[str, torch.nn.Linear],
         compression: Compression,
         calibration: torch.Tensor | None = None,
-    ) -> None:
+        device: str | None = None,
+    ) -> dict[str, float] | None:
         """Change `layers` (every nn.Linear of `model` but the output head) in place. `calibration` is
-        a [n_samples, seqlen] tensor of token ids when `needs_calibration`, else None."""
+        a [n_samples, seqlen] tensor of token ids when `needs_calibration`, else None; such a method
+        computes on `device` one decoder block at a time while the model stays where it is. What it
+        returns (timings, peak memory) joins the run's stats."""
         raise NotImplementedError
 
 
@@ -66,4 +69,7 @@ def load_method(name: str, options: dict[str, Any]) -> Method:
         if err.name != f"harness.methods.{name}":
             raise
         raise ConfigError(f"method={name}: no such method adapter (methods/{name}.py)") from None
-    return module.METHOD_CLASS(**options)
+    try:
+        return module.METHOD_CLASS(**options)
+    except TypeError as err:  # an option the method does not take
+        raise ConfigError(f"method={name}: {err}") from None

@@ -11,7 +11,7 @@ class Magnitude(Method):
     patterns = ("unstructured", "N:M")
 
     @torch.no_grad()
-    def compress(self, model, layers, compression, calibration=None) -> None:
+    def compress(self, model, layers, compression, calibration=None, device=None) -> None:
         for layer in layers.values():
             keep = layer_mask(layer.weight.abs().float(), compression.sparsity)
             layer.weight.mul_(keep)

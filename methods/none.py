@@ -5,7 +5,7 @@ from harness.methods import Method
 class Dense(Method):
     name = "none"
 
-    def compress(self, model, layers, compression, calibration=None) -> None:
+    def compress(self, model, layers, compression, calibration=None, device=None) -> None:
         pass
 
 

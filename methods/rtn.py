@@ -10,7 +10,7 @@ class RoundToNearest(Method):
     quantizes = True
 
     @torch.no_grad()
-    def compress(self, model, layers, compression, calibration=None) -> None:
+    def compress(self, model, layers, compression, calibration=None, device=None) -> None:
         for layer in layers.values():
             layer.weight.copy_(fake_quantize(layer.weight, compression.quant))
 

@@ -1,0 +1,164 @@
+"""GPTQ (Frantar et al., 2022): quantize one input column at a time and spread each column's rounding
+error over the columns not yet quantized, through the inverse Hessian of the layer-output error
+||WX - W'X||^2 (H = 2 X^T X / n_samples, from harness/calibration.py).
+
+The column sweep (`obs_sweep`) is also SparseGPT's: both are Optimal Brain Surgeon updates with lazy
+batched updates of `block_size` columns. It follows the reference implementation: dampening
+H += damp * mean(diag H) * I, the upper Cholesky factor of H^-1, dead inputs (diag H = 0) get
+diag 1 and zero weights, act-order sweeps columns by decreasing diag H.
+"""
+from __future__ import annotations
+
+import torch
+
+from harness.calibration import LayerwiseMethod
+from harness.config import ConfigError
+from harness.quant import QuantFormat, grouped, quant_params, quantize_dequantize
+from harness.sparsity import SparsityPattern, lowest_k_mask, nm_mask
+
+
+class ColumnQuantizer:
+    """Quantizes the columns of a sweep one at a time with GPTQ's group conventions:
+      * per-row format (group_size -1): one (scale, zero) per row, from the weight before the sweep;
+      * static groups (given an `order`, act-order): every group's parameters from the weight before
+        the sweep, in the original column order, so a group stays `group_size` contiguous input
+        columns (the storage format) however the sweep is ordered;
+      * otherwise a group's parameters are computed when the sweep reaches its first column, from the
+        weights as updated by the columns quantized before it (the reference's default)."""
+
+    def __init__(self, fmt: QuantFormat, weight: torch.Tensor, order: torch.Tensor | None = None) -> None:
+        self.fmt = fmt
+        self.group = fmt.group_len(weight.shape[1])
+        self.order = None if order is None else order.tolist()  # sweep position -> original column
+        self.dynamic = fmt.group_size != -1 and order is None
+        if not self.dynamic:
+            self.scale, self.zero = quant_params(grouped(weight, fmt), fmt)  # [rows, groups, 1]
+
+    def starts_group(self, column: int) -> bool:
+        return self.dynamic and column % self.group == 0
+
+    def start_group(self, weights: torch.Tensor) -> None:
+        """Parameters of the group starting now, from its `group` up-to-date columns."""
+        self.scale, self.zero = quant_params(weights, self.fmt)
+
+    def __call__(self, column: int, w: torch.Tensor) -> torch.Tensor:
+        scale, zero = self.scale, self.zero
+        if not self.dynamic:
+            original = column if self.order is None else self.order[column]
+            scale, zero = scale[:, original // self.group], zero[:, original // self.group]
+        return quantize_dequantize(w.unsqueeze(1), scale, zero, self.fmt.maxq).squeeze(1)
+
+
+def inverse_hessian_upper(hessian: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1, dead inputs' diagonal set to 1 first."""
+    h = hessian.float().clone()
+    diag = h.diagonal()
+    diag[diag == 0] = 1
+    diag.add_(damp * diag.mean())
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+
+
+def dead_inputs(hessian: torch.Tensor) -> torch.Tensor:
+    """Input channels that were 0 on every calibration token: their weights are set to 0."""
+    return hessian.diagonal() == 0
+
+
+def sweep_block(block_size: int, group: int | None, m: int | None) -> int:
+    """Columns per lazy-update block, at most `block_size` (or one N:M chunk), such that no N:M chunk
+    straddles two blocks and every quantization group lies inside one block or starts one: the
+    columns a group's parameters are read from are then up to date."""
+    for size in range(max(block_size, m or 1), 0, -1):
+        if (m is None or size % m == 0) and (group is None or size % group == 0 or group % size == 0):
+            return size
+    raise ValueError(f"no block of columns holds whole N:M chunks (M={m}) and aligns with groups of {group}")
+
+
+def obs_score(w: torch.Tensor, hinv_diag: torch.Tensor) -> torch.Tensor:
+    """SparseGPT's pruning saliency w^2 / [H^-1]_jj^2 (the OBS error of removing w_j)."""
+    return w.square() / hinv_diag.square()
+
+
+def obs_sweep(
+    weight: torch.Tensor,
+    hinv: torch.Tensor,
+    block_size: int,
+    quantizer: ColumnQuantizer | None = None,
+    pattern: SparsityPattern | None = None,
+) -> torch.Tensor:
+    """The OBS column sweep of GPTQ and SparseGPT. `weight` [rows, cols] float32 is used as scratch;
+    `hinv` is the upper Cholesky factor of H^-1. Each column is pruned (if `pattern`: its mask chosen
+    per block for unstructured sparsity, per M columns for N:M, from `obs_score`), then quantized
+    (if `quantizer`: SparseGPT's joint mode), and its error is spread over the later columns.
+    Returns the compressed weight."""
+    out = torch.empty_like(weight)
+    cols = weight.shape[1]
+    group = quantizer.group if quantizer is not None and quantizer.dynamic else None
+    m = pattern.m if pattern is not None and pattern.is_nm else None
+    block = sweep_block(block_size, group, m)
+    for b0 in range(0, cols, block):
+        b1 = min(b0 + block, cols)
+        w1 = weight[:, b0:b1].clone()
+        hinv1 = hinv[b0:b1, b0:b1]
+        d = hinv1.diagonal()
+        err = torch.zeros_like(w1)
+        keep = None
+        if pattern is not None:
+            keep = torch.ones_like(w1, dtype=torch.bool)
+            if m is None:
+                keep = lowest_k_mask(obs_score(w1, d), int(w1.numel() * pattern.sparsity))
+        for i in range(b1 - b0):
+            if m is not None and i % m == 0:
+                keep[:, i : i + m] = nm_mask(obs_score(w1[:, i : i + m], d[i : i + m]), pattern.n, m)
+            if quantizer is not None and quantizer.starts_group(b0 + i):
+                # Inside the block, w1 holds the updated columns; a group reaching past the block
+                # starts it (sweep_block), where `weight` is up to date.
+                fits = i + group <= b1 - b0
+                quantizer.start_group(w1[:, i : i + group] if fits else weight[:, b0 : b0 + group])
+            w = w1[:, i]
+            q = w if keep is None else w.masked_fill(~keep[:, i], 0)
+            if quantizer is not None:
+                q = quantizer(b0 + i, q)
+            out[:, b0 + i] = q
+            e = (w - q) / d[i]
+            w1[:, i:] -= e.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
+            err[:, i] = e
+        weight[:, b1:] -= err @ hinv[b0:b1, b1:]
+    return out
+
+
+def gptq_quantize(
+    weight: torch.Tensor, hessian: torch.Tensor, fmt: QuantFormat, damp: float = 0.01, block_size: int = 128, act_order: bool = False
+) -> torch.Tensor:
+    """GPTQ of a [rows, cols] weight given its input Hessian; returns the fake-quantized weight in
+    float32. With `act_order`, columns are swept by decreasing diag H, with static groups."""
+    w = weight.float().clone()
+    w[:, dead_inputs(hessian)] = 0
+    order = torch.argsort(hessian.diagonal(), descending=True, stable=True) if act_order else None
+    quantizer = ColumnQuantizer(fmt, w, order)
+    if order is not None:
+        w, hessian = w[:, order], hessian[order][:, order]
+    q = obs_sweep(w, inverse_hessian_upper(hessian, damp), block_size, quantizer)
+    return q if order is None else q[:, torch.argsort(order)]
+
+
+class GPTQ(LayerwiseMethod):
+    name = "gptq"
+    quantizes = True
+    stats = ("hessian",)
+
+    def __init__(self, damp: float = 0.01, block_size: int = 128, act_order: bool = False, true_sequential: bool = True) -> None:
+        if not damp > 0 or block_size < 1:
+            raise ConfigError(f"method=gptq: damp={damp} must be > 0 and block_size={block_size} >= 1")
+        super().__init__(true_sequential, damp=damp, block_size=block_size, act_order=act_order)
+        self.damp, self.block_size, self.act_order = float(damp), int(block_size), bool(act_order)
+
+    @torch.no_grad()
+    def compress_group(self, layers, inputs, compression) -> None:
+        # Rows are independent given H, so the layers sharing it (q, k, v) are quantized as one matrix.
+        weights = [layer.weight for layer in layers.values()]
+        q = gptq_quantize(torch.cat(weights), inputs.hessian, compression.quant, self.damp, self.block_size, self.act_order)
+        for weight, rows in zip(weights, q.split([w.shape[0] for w in weights])):
+            weight.copy_(rows)
+
+
+METHOD_CLASS = GPTQ
