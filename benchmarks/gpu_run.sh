@@ -2,6 +2,7 @@
 # Everything the spine needs from one lent GPU machine, in as few calls as possible.
 #   bash benchmarks/gpu_run.sh check    install, GPU tests, tiny model on CUDA; keeps .device/a (model part 1)
 #   bash benchmarks/gpu_run.sh smollm2  joins part 1 with .device/b (part 2) and runs the SmolLM2 table on CUDA
+#   bash benchmarks/gpu_run.sh speed    calibration engine at Llama-3-8B shape (benchmarks/calibration_speed.py)
 # The GPU image lacks hydra-core, omegaconf, antlr4 and gguf: their wheels travel in .whl/. SmolLM2's GGUF
 # (98 MB) is larger than one transfer, so it travels in two halves over two consecutive calls.
 set -euo pipefail
@@ -16,6 +17,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 
 case "${1:-check}" in
+speed)
+  python3 benchmarks/calibration_speed.py --layers 4 2>&1 | grep -v "calibration block"
+  timeout 420 python3 benchmarks/calibration_speed.py 2>&1 | grep -v "calibration block" || echo "full 32-block run stopped at the time limit"
+  ;;
 check)
   cp .device/a/gguf.part00 /root/smollm2/
   python3 -m pytest -q tests/test_gpu.py tests/test_rtn.py tests/test_magnitude.py tests/test_perplexity.py 2>&1 | tail -3
