@@ -29,19 +29,24 @@ smollm2)
   cat /root/smollm2/gguf.part00 .device/b/gguf.part01 > /root/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   (cd /root/smollm2 && sha256sum SmolLM2-135M-Instruct.Q4_1.gguf) | diff - <(sed 's#  .*/#  #' .device/gguf.sha256)
   SMOL=(model.package=null model.path=/root/smollm2 device=cuda max_eval_tokens=1000000 results_dir="$OUT/results")
-  for run in "method=none" "method=rtn bits=4 group_size=64" "method=rtn bits=3 group_size=64" \
-             "method=rtn bits=2 group_size=64" "method=magnitude sparsity=0.5" "method=magnitude sparsity_pattern=2:4"; do
+  RUNS=("method=none" "method=rtn bits=4 group_size=64" "method=rtn bits=3 group_size=64"
+        "method=rtn bits=2 group_size=64" "method=magnitude sparsity=0.5" "method=magnitude sparsity_pattern=2:4")
+  [ "${2:-}" = calibrated ] && RUNS=("method=none" "method=rtn bits=3 group_size=64" "method=gptq bits=3 group_size=64"
+        "method=awq bits=3 group_size=64" "method=magnitude sparsity=0.5" "method=wanda sparsity=0.5"
+        "method=sparsegpt sparsity=0.5" "method=sparsegpt sparsity_pattern=2:4" "method=sparsegpt sparsity=0.5 bits=4 group_size=64")
+  for run in "${RUNS[@]}"; do
     # shellcheck disable=SC2086
-    python3 -m harness "${SMOL[@]}" $run 2>&1 | grep -E "INFO\] - (pydoc|compressed)|Error|error" || true
+    python3 -m harness "${SMOL[@]}" calib.n_samples="${CALIB_SAMPLES:-128}" $run 2>&1 | grep -E "INFO\] - (pydoc|compressed)|Error|error" || true
   done
-  python3 -m harness "${SMOL[@]}" method=rtn bits=4 group_size=128 2>&1 | grep error || true
+  [ "${2:-}" = calibrated ] || python3 -m harness "${SMOL[@]}" method=rtn bits=4 group_size=128 2>&1 | grep error || true
   python3 - "$OUT/results" <<'PY'
 import sys
 from harness import results
 df = results.load(sys.argv[1])
 cols = ["config.method.name", "config.bits", "config.group_size", "config.sparsity_pattern", "config.sparsity",
-        "metrics.pydoc/ppl", "stats.bits_per_weight", "timings.load_s", "timings.compress_s", "timings.eval_pydoc_s"]
-print(df[cols].to_string())
+        "metrics.pydoc/ppl", "stats.bits_per_weight", "timings.load_s", "timings.compress_s", "timings.eval_pydoc_s",
+        "stats.calib_peak_cuda_bytes"]
+print(df[[c for c in cols if c in df]].to_string())
 PY
   ;;
 esac
