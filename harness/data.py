@@ -41,14 +41,14 @@ def pydoc_corpus(split: str = "test") -> Corpus:
 
 def wikitext2_corpus(split: str = "test", data_path: str | None = None) -> Corpus:
     """GPTQ: load_dataset('wikitext', 'wikitext-2-raw-v1', split='test') (now Salesforce/wikitext), rows joined with '\\n\\n'."""
-    rows = _load("wikitext2", ("Salesforce/wikitext", "wikitext-2-raw-v1"), split, data_path, "parquet")
+    rows = load_hub_dataset("wikitext2", ("Salesforce/wikitext", "wikitext-2-raw-v1"), split, data_path, "parquet")
     return Corpus("wikitext2", "\n\n".join(rows["text"]), "\n\n")
 
 
 def c4_corpus(split: str = "validation", data_path: str | None = None) -> Corpus:
     """GPTQ: the first shard of C4's English validation split, its first 1100 documents joined by ' '."""
     shard = {"validation": "en/c4-validation.00000-of-00008.json.gz", "train": "en/c4-train.00000-of-01024.json.gz"}
-    rows = _load("c4", ("allenai/c4",), split, data_path, "json", data_files={split: shard[split]})
+    rows = load_hub_dataset("c4", ("allenai/c4",), split, data_path, "json", data_files={split: shard[split]})
     return Corpus("c4", " ".join(rows[:1100]["text"]), " ")
 
 
@@ -77,7 +77,9 @@ def calibration_windows(
     return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
 
 
-def _load(name, hub_args, split, data_path, local_format, data_files=None):
+def load_hub_dataset(name, hub_args, split, data_path, local_format, data_files=None):
+    """Rows of a hub dataset (`load_dataset(*hub_args)`), or of local files in the hub's own format
+    (`local_format`: parquet, json) under `data_path` whose names carry the split."""
     import datasets
 
     if data_path:

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The LLM-KICK comparison on the embedded model: perplexity and the offline knowledge tasks side by side
+# for dense, pruning and 3-bit quantization. Prints the table from the records.
+#   bash benchmarks/llm_kick_table.sh [results_dir] [max_samples]      (CPU: ~4 min per row on 2 cores)
+set -euo pipefail
+DIR=${1:-results/llm_kick}
+N=${2:-40}
+COMMON=(model=smollm2-135m "tasks=[pydoc,trivia,facts_mc_text,fictional_qa]" max_samples="$N" max_eval_tokens=4096
+        calib.n_samples=16 calib.seqlen=512 results_dir="$DIR")
+for run in "method=none" "method=magnitude sparsity=0.5" "method=wanda sparsity=0.5" "method=sparsegpt sparsity=0.5" \
+           "method=gptq bits=3 group_size=64" "method=rtn bits=3 group_size=64" "method=magnitude sparsity=0.25"; do
+  # shellcheck disable=SC2086
+  python -m harness "${COMMON[@]}" $run 2>&1 | grep -E "INFO\] - (run|config)|error" || true
+done
+python - "$DIR" <<'PY'
+import sys
+from harness import results
+df = results.load(sys.argv[1])
+df = df[df.status == "ok"]
+label = df["config.method.name"] + " " + df["config.sparsity"].map(lambda s: f"{s:.0%}" if s else "") + \
+        df["config.bits"].map(lambda b: f"w{b}" if b < 16 else "")
+cols = {"metrics.pydoc/ppl": "ppl", "metrics.trivia/lenient": "trivia lenient", "metrics.trivia/exact_match": "trivia EM",
+        "metrics.facts_mc_text/acc": "facts MC acc", "metrics.fictional_qa/closed_book/f1": "closed F1",
+        "metrics.fictional_qa/open_book/f1": "open F1", "metrics.fictional_qa/open_book/em": "open EM"}
+table = df.set_index(label)[[c for c in cols if c in df]].rename(columns=cols)
+print(table.round(3).to_string())
+print(df.set_index(label)[[c for c in df if c.startswith("timings.eval_")]].round(1).to_string())
+PY

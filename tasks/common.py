@@ -1,0 +1,36 @@
+"""What the knowledge tasks share: settings resolved against the top-level config, seeded sampling,
+and where offline data came from. Not a task kind itself (no conf/task/*.yaml names it)."""
+from __future__ import annotations
+
+import importlib.metadata
+import random
+from typing import Any, Sequence, TypeVar
+
+T = TypeVar("T")
+
+
+def resolve_settings(spec: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """A top-level `max_samples` (if set) overrides the task's own cap; `data_paths.<dataset>` points at
+    a local copy of a hub dataset. The task's own `seed` draws its sample, so that runs of different
+    methods (or experiment seeds) are scored on the same questions."""
+    cap = config.get("max_samples")
+    return spec | {
+        "max_samples": cap if cap is not None else spec.get("max_samples"),
+        "data_path": (config.get("data_paths") or {}).get(spec["dataset"]),
+    }
+
+
+def take_sample(items: Sequence[T], max_samples: int | None, seed: int) -> list[T]:
+    """All items, or a seeded random subset of `max_samples` of them in a stable order."""
+    if max_samples is None or max_samples >= len(items):
+        return list(items)
+    return random.Random(seed).sample(list(items), max_samples)
+
+
+def package_source(distribution: str, license_name: str) -> str:
+    """'<distribution> <version> (<license>)': recorded with every score computed from package data."""
+    return f"{distribution} {importlib.metadata.version(distribution)} ({license_name})"
+
+
+def mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")

@@ -1,0 +1,190 @@
+"""In-context retrieval QA (LLM-KICK's ICRQA): each question asked closed-book and open-book (with an
+evidence passage in the prompt), greedy answers scored by exact match and token F1 over the gold
+aliases after SQuAD normalization; both modes reported.
+
+Each prompt starts with one solved example in the same mode (SOLVED_EXAMPLE: a fixed invented fact of
+a kind no question asks about, so that copying from it never scores): without it small models answer
+"The answer is: ..." or restate the question, and exact match then measures the format, not the retrieval.
+
+Datasets:
+  * `fictional` (offline, default): passages generated with a seeded RNG about invented people, towns
+    and societies, several per passage, each question about one of them. No model can know these
+    facts, so closed-book scores sit at chance and open-book measures retrieval from the context alone.
+  * `triviaqa`: TriviaQA rc validation (mandarjoshi/trivia_qa, config rc). The evidence is a window of
+    `passage_words` words around the first mention of a gold alias in the question's first evidence
+    document that mentions one (Wikipedia pages first, then web results); the document's start when
+    none does. Offline: `data_paths.triviaqa=` a folder with the hub's rc/validation-*.parquet.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from harness.data import load_hub_dataset
+from harness.generation import exact_match, greedy_generate, normalize_answer, token_f1
+from harness.tasks.common import mean, resolve_settings, take_sample
+
+PROMPTS = {
+    "closed_book": "Answer the question with a short answer.\nQuestion: {question}\nAnswer:",
+    "open_book": "Answer the question with a short answer, using the passage.\nPassage: {passage}\nQuestion: {question}\nAnswer:",
+}
+PROMPT_VERSION = "icrqa/v3"  # v2 added a solved example; v3 made it share no kind of answer with the questions
+SOLVED_EXAMPLE = {
+    "passage": "The Orrel Bridge crosses the river Tamsk. Its keeper, Ysolde Varn, opens it at dawn.",
+    "question": "Which river does the Orrel Bridge cross?",
+    "answer": "Tamsk",
+}
+SCORING = "SQuAD-normalized exact match and token F1, best over gold aliases; output cut at its first newline"
+
+
+# --- fictional passages --------------------------------------------------------------------------
+
+_ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "st", "th", "qu"]
+_VOWELS = ["a", "e", "i", "o", "u", "ae", "ei", "ou"]
+_CODAS = ["", "n", "r", "l", "s", "th", "rn", "sk"]
+_TOWN_ENDINGS = ["dale", "port", "wick", "haven", "mere", "ford", "holm", "stead"]
+_SOCIETIES = ["Society", "Guild", "Company", "Institute", "Circle", "League"]
+PROFESSIONS = [
+    "glassblower", "cartographer", "beekeeper", "clockmaker", "violinist", "botanist", "architect", "sculptor",
+    "astronomer", "shipwright", "bookbinder", "weaver",
+]
+QUESTIONS = {
+    "town": "In which town was {name} born?",
+    "year": "In what year was {name} born?",
+    "profession": "What was {name}'s profession?",
+    "society": "Which organization did {name} found?",
+}
+
+
+def _word(rng: random.Random, syllables: int) -> str:
+    return "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(syllables)).capitalize()
+
+
+def _person(rng: random.Random) -> dict[str, str]:
+    return {
+        "name": f"{_word(rng, 2)} {_word(rng, rng.choice([2, 3]))}",
+        "town": _word(rng, 2) + rng.choice(_TOWN_ENDINGS),
+        "year": str(rng.randint(1620, 1950)),
+        "profession": rng.choice(PROFESSIONS),
+        "society": f"the {_word(rng, 2)} {rng.choice(_SOCIETIES)}",
+    }
+
+
+def _biography(person: dict[str, str], founded: int) -> str:
+    return (
+        f"{person['name']} was {_indefinite(person['profession'])} born in {person['town']} in {person['year']}. "
+        f"In {founded}, {person['name']} founded {person['society']}."
+    )
+
+
+def _indefinite(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
+def fictional_questions(count: int, seed: int = 0, people_per_passage: int = 3) -> list[dict[str, Any]]:
+    """`count` passages about invented people, each with one question about one of them. The people of
+    one passage share no name, town, year or society, so only the right sentence answers."""
+    rng = random.Random(seed)
+    questions = []
+    while len(questions) < count:
+        people = [_person(rng) for _ in range(people_per_passage)]
+        if any(len({p[key] for p in people}) < len(people) for key in ("name", "town", "year", "society")):
+            continue  # a repeated value would make the question ambiguous
+        passage = " ".join(_biography(p, int(p["year"]) + rng.randint(20, 50)) for p in people)
+        subject, asked = rng.choice(people), rng.choice(sorted(QUESTIONS))
+        answers = [subject[asked]] + ([subject[asked][len("the ") :]] if asked == "society" else [])
+        questions.append({"question": QUESTIONS[asked].format(name=subject["name"]), "answers": answers, "passage": passage, "kind": asked})
+    return questions
+
+
+# --- TriviaQA ------------------------------------------------------------------------------------
+
+
+def triviaqa_questions(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    """(sampled questions with their evidence windows, questions available). The sample is drawn
+    before any row is read into Python: the split holds ~18k questions with whole web pages."""
+    rows = load_hub_dataset("triviaqa", ("mandarjoshi/trivia_qa", "rc"), spec.get("split", "validation"), spec.get("data_path"), "parquet")
+    questions = []
+    for row in rows.select(take_sample(range(len(rows)), spec.get("max_samples"), spec["seed"])):
+        answers = list(dict.fromkeys([row["answer"]["value"], *row["answer"]["aliases"]]))
+        documents = [*row["entity_pages"]["wiki_context"], *row["search_results"]["search_context"]]
+        questions.append({
+            "question": row["question"], "answers": answers, "kind": "triviaqa",
+            "passage": evidence_window(documents, answers, spec["passage_words"]),
+        })
+    return questions, len(rows)
+
+
+def evidence_window(documents: list[str], answers: list[str], words: int) -> str:
+    """`words` words around the first alias mention in the first document that has one (alias and
+    text compared SQuAD-normalized, word by word); else the first document's first `words` words."""
+    aliases = [alias for alias in map(normalize_answer, answers) if alias]
+    for document in documents:
+        tokens = document.split()
+        # Each token normalizes to one word or to nothing (an article, bare punctuation): keep its index.
+        kept = [(i, word) for i, word in enumerate(map(normalize_answer, tokens)) if word]
+        text = " " + " ".join(word for _, word in kept) + " "
+        hits = [at for at in (text.find(f" {alias} ") for alias in aliases) if at >= 0]
+        if hits:
+            start = kept[text.count(" ", 0, min(hits) + 1) - 1][0]
+            first = max(0, start - words // 2)
+            return " ".join(tokens[first : first + words])
+    return " ".join(documents[0].split()[:words]) if documents else ""
+
+
+def _fictional(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    questions = fictional_questions(spec["size"], spec["seed"], spec["people_per_passage"])
+    return take_sample(questions, spec.get("max_samples"), spec["seed"]), len(questions)
+
+
+SOURCES = {
+    "fictional": (_fictional, lambda spec: f"generated (seed {spec['seed']}, {spec['people_per_passage']} people per passage)"),
+    "triviaqa": (triviaqa_questions, lambda spec: spec.get("data_path") or "hub:mandarjoshi/trivia_qa rc"),
+}
+
+
+def solved_example(mode: str) -> str:
+    return PROMPTS[mode].format(**SOLVED_EXAMPLE) + f" {SOLVED_EXAMPLE['answer']}\n\n"
+
+
+class RetrievalQA:
+    def __init__(self, name: str, spec: dict[str, Any]) -> None:
+        self.name = name
+        self.spec = spec
+
+    @staticmethod
+    def resolve(spec: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+        return resolve_settings(spec, config)
+
+    def prepare(self, tokenizer) -> None:
+        load, describe = SOURCES[self.spec["dataset"]]
+        self.samples, available = load(self.spec)
+        self.tokenizer = tokenizer  # generation needs it after the model loads
+        self.info = {
+            "dataset": self.spec["dataset"],
+            "source": describe(self.spec),
+            "available": available,
+            "samples": len(self.samples),
+            "modes": self.spec["modes"],
+            "prompt_version": PROMPT_VERSION,
+            "prompts": {mode: PROMPTS[mode] for mode in self.spec["modes"]},
+            "solved_example": {mode: solved_example(mode) for mode in self.spec["modes"]},
+            "scoring": SCORING,
+            "max_new_tokens": self.spec["max_new_tokens"],
+        }
+
+    def evaluate(self, model) -> tuple[dict[str, float], dict[str, Any]]:
+        metrics, examples = {}, {}
+        for mode in self.spec["modes"]:
+            prompts = [solved_example(mode) + PROMPTS[mode].format(question=s["question"], passage=s["passage"]) for s in self.samples]
+            outputs = greedy_generate(
+                model, self.tokenizer, prompts, max_new_tokens=self.spec["max_new_tokens"],
+                batch_size=self.spec["batch_size"], stop=["\n"],
+            )
+            metrics[f"{self.name}/{mode}/em"] = mean([exact_match(o, s["answers"]) for o, s in zip(outputs, self.samples)])
+            metrics[f"{self.name}/{mode}/f1"] = mean([token_f1(o, s["answers"]) for o, s in zip(outputs, self.samples)])
+            examples[mode] = [{"question": s["question"], "answers": s["answers"], "output": o} for s, o in zip(self.samples[:3], outputs)]
+        return metrics, self.info | {"examples": examples}
+
+
+TASK_CLASS = RetrievalQA

@@ -1,0 +1,52 @@
+"""Every knowledge task kind end to end through `python -m harness` on the tiny random model: the metrics
+land in the run's record with the sample count, prompt version and scoring rule beside them."""
+import pytest
+
+from conftest import TINY, records, run_cli
+from test_tasks_data import write_mmlu, write_triviaqa
+
+FEW = "++max_samples=6"
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    # The 2 CPU cores are shared: two OpenMP threads spinning against other processes make the tiny model
+    # many times slower than one thread. Results do not depend on it.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def test_offline_knowledge_tasks_record_metrics_and_protocol(tmp_path):
+    run_cli(*TINY, "method=rtn", "bits=4", "group_size=32", "tasks=[trivia,facts_mc,facts_mc_text,fictional_qa]", FEW, results_dir=tmp_path)
+    (record,) = records(tmp_path)
+    metrics, tasks = record["metrics"], record["tasks"]
+    assert {"trivia/lenient", "trivia/exact_match", "facts_mc/acc", "facts_mc_text/acc"} <= set(metrics)
+    assert {f"fictional_qa/{mode}/{score}" for mode in ("closed_book", "open_book") for score in ("em", "f1")} <= set(metrics)
+    assert all(0 <= value <= 1 for value in metrics.values())
+    for name in ("trivia", "facts_mc", "facts_mc_text", "fictional_qa"):
+        assert tasks[name]["samples"] == 6 and tasks[name]["prompt_version"] and tasks[name]["scoring"]
+    assert tasks["trivia"]["source"].startswith("Red-Trivia ") and tasks["trivia"]["available"] > 8000
+    assert "countryinfo" in tasks["facts_mc"]["source"] and sum(tasks["facts_mc"]["samples_per_category"].values()) == 6
+    assert tasks["facts_mc"]["answer_format"] == "letter" and tasks["facts_mc_text"]["answer_format"] == "text"
+
+
+def test_hub_datasets_read_local_copies_in_the_hub_format(tmp_path):
+    write_mmlu(tmp_path / "mmlu")
+    write_triviaqa(tmp_path / "triviaqa")
+    run_cli(
+        *TINY, "method=none", "tasks=[mmlu,triviaqa]", FEW,
+        f"++data_paths.mmlu={tmp_path / 'mmlu' / 'all'}", f"++data_paths.triviaqa={tmp_path / 'triviaqa' / 'rc'}",
+        results_dir=tmp_path / "results",
+    )
+    (record,) = records(tmp_path / "results")
+    assert record["tasks"]["mmlu"]["samples"] == 2 and record["tasks"]["mmlu"]["mean_shots_used"] == 5
+    assert set(record["metrics"]) >= {"mmlu/acc", "mmlu/acc/stem", "triviaqa/open_book/em", "triviaqa/closed_book/f1"}
+    assert record["tasks"]["triviaqa"]["samples"] == 1
+
+
+def test_lm_eval_task_by_name_runs_on_the_compressed_model(tmp_path):
+    run_cli(*TINY, "method=rtn", "bits=4", "group_size=32", "tasks=[lm_eval:harness_facts]", FEW, results_dir=tmp_path)
+    (record,) = records(tmp_path)
+    assert set(record["metrics"]) == {"lm_eval:harness_facts/acc"}
+    info = record["tasks"]["lm_eval:harness_facts"]
+    assert info["samples"]["harness_facts"] == {"original": 716, "effective": 6}
+    assert info["configs"]["harness_facts"]["output_type"] == "multiple_choice" and info["versions"]["harness_facts"] == 1.0

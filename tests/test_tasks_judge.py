@@ -1,0 +1,91 @@
+"""The judge: rating parsing, a local model judge, and the HTTP judge against a real OpenAI-compatible server
+process on 127.0.0.1 (`python -m harness.judge`, backed by the tiny random model), end to end through the
+judged tasks. The API key must reach the server and nothing else."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, TINY, records, run_cli
+from harness.judge import KEY_ENV, URL_ENV, HttpJudge, LocalJudge, parse_rating
+from harness.tasks.instruction_following import RATING as TEN_POINT
+from harness.tasks.summarization import RATING as FIVE_POINT
+
+KEY = "sk-test-do-not-leak-4f9a"
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    # 2 shared CPU cores: one thread is many times faster for the tiny model than two spinning ones.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="module")
+def judge_server():
+    """A judge server process on 127.0.0.1 requiring KEY, shared by this module's tests; yields its base
+    URL. Bounded: it stops by itself after 60 requests, and is terminated when the tests end."""
+    env = os.environ | {KEY_ENV: KEY, "OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "harness.judge", "--model", "tiny-random", "--max-requests", "60"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = server.stdout.readline()  # printed once listening
+        assert line.startswith("listening on http://127.0.0.1:"), server.stderr.read()
+        yield line.split()[-1]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.parametrize(
+    "reply, pattern, low, high, expected",
+    [
+        ("The summary is clear.\nRating: 4", FIVE_POINT, 1, 5, 4.0),
+        ("Rating: **3**", FIVE_POINT, 1, 5, 3.0),
+        ("Rating: 9", FIVE_POINT, 1, 5, None),  # out of range: no digit 1-5 after 'Rating:'
+        ("Mostly right. Rating: [[7]]", TEN_POINT, 1, 10, 7.0),
+        ("Rating: [[11]]", TEN_POINT, 1, 10, None),
+        ("I would say seven.", TEN_POINT, 1, 10, None),
+    ],
+)
+def test_ratings_are_parsed_only_when_stated_in_range(reply, pattern, low, high, expected):
+    assert parse_rating(reply, pattern, low, high) == expected
+
+
+def test_local_judge_answers_every_prompt(one_thread):
+    judge = LocalJudge("tiny-random", max_tokens=8)
+    replies = judge.complete(["Rate this: good.", "Rate that: bad."])
+    assert len(replies) == 2 and all(isinstance(r, str) for r in replies)
+    assert judge.describe() == {"kind": "local", "model": "tiny-random", "max_tokens": 8, "decoding": "greedy"}
+
+
+def test_http_judge_sends_the_key_and_reports_refusals_without_it(judge_server, one_thread, monkeypatch):
+    monkeypatch.setenv(URL_ENV, judge_server)
+    monkeypatch.setenv(KEY_ENV, KEY)
+    (reply,) = HttpJudge("tiny-random", max_tokens=4).complete(["Rate: fine."])
+    assert isinstance(reply, str)
+    monkeypatch.setenv(KEY_ENV, "wrong-key")
+    with pytest.raises(RuntimeError, match="HTTP 401") as refused:
+        HttpJudge("tiny-random", max_tokens=4).complete(["Rate: fine."])
+    assert "wrong-key" not in str(refused.value)
+
+
+def test_judged_tasks_through_an_http_judge_record_ratings_but_never_the_key(judge_server, one_thread, tmp_path, monkeypatch):
+    monkeypatch.setenv(URL_ENV, judge_server)
+    monkeypatch.setenv(KEY_ENV, KEY)
+    proc = run_cli(
+        *TINY, "method=none", "tasks=[fictional_summaries,fact_instructions]", "++max_samples=3",
+        "++judge.kind=http", "++judge.model=tiny-judge", "++judge.max_tokens=12", results_dir=tmp_path,
+    )
+    (record,) = records(tmp_path)
+    summaries, instructions = record["tasks"]["fictional_summaries"], record["tasks"]["fact_instructions"]
+    assert summaries["samples_per_bucket"] == {"short": 1, "medium": 1, "long": 1}
+    assert summaries["judge"] == {"kind": "http", "model": "tiny-judge", "url": judge_server, "max_tokens": 12}
+    assert len(summaries["ratings"]) == 3 and all(len(s["ratings"]) == 4 for s in summaries["ratings"])
+    assert all(isinstance(r["reply"], str) for s in summaries["ratings"] for r in s["ratings"].values())
+    assert instructions["samples"] == 3 and all(len(c["ratings"]) == 2 for c in instructions["ratings"])
+    assert summaries["prompt_version"] and instructions["prompt_version"] and instructions["judge"]["kind"] == "http"
+    logs = "".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file())
+    assert KEY not in logs + proc.stdout + proc.stderr
