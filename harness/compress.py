@@ -51,10 +51,10 @@ def compress(
         # A pruner that cannot quantize is followed by RTN, defined once here: 0 is exactly
         # representable, so the mask survives.
         RoundToNearest().compress(model, layers, compression)
-    return storage_stats(model, layers, kept, compression) | method_stats
+    return storage_stats(model, layers, kept, compression, method.group_param_bits) | method_stats
 
 
-def layer_bits(layer: nn.Linear, kept: int, compression: Compression) -> float:
+def layer_bits(layer: nn.Linear, kept: int, compression: Compression, group_param_bits) -> float:
     numel = layer.weight.numel()
     value_bits = kept * compression.bits
     index_bits = 0.0
@@ -65,16 +65,16 @@ def layer_bits(layer: nn.Linear, kept: int, compression: Compression) -> float:
     if compression.quant:
         fmt = compression.quant
         groups = numel // fmt.group_len(layer.in_features)
-        group_bits = groups * (16 + (0 if fmt.symmetric else fmt.bits))
+        group_bits = groups * group_param_bits(fmt)
     return value_bits + index_bits + group_bits
 
 
 def storage_stats(
-    model: nn.Module, layers: dict[str, nn.Linear], kept: dict[str, int], compression: Compression
+    model: nn.Module, layers: dict[str, nn.Linear], kept: dict[str, int], compression: Compression, group_param_bits
 ) -> dict[str, float]:
     layer_params = {id(layer.weight) for layer in layers.values()}
     compressed_numel = sum(layer.weight.numel() for layer in layers.values())
-    compressed_bits = sum(layer_bits(layer, kept[name], compression) for name, layer in layers.items())
+    compressed_bits = sum(layer_bits(layer, kept[name], compression, group_param_bits) for name, layer in layers.items())
     other_numel = sum(p.numel() for p in model.parameters() if id(p) not in layer_params)  # shared params once
     zeros = compressed_numel - sum(kept.values())
     return {

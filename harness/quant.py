@@ -28,11 +28,6 @@ class QuantFormat:
     def group_len(self, in_features: int) -> int:
         return in_features if self.group_size == -1 else self.group_size
 
-    def bits_per_weight(self, in_features: int) -> float:
-        """Storage per weight counting a float16 scale per group and, if asymmetric, a `bits`-bit zero."""
-        per_group = 16 + (0 if self.symmetric else self.bits)
-        return self.bits + per_group / self.group_len(in_features)
-
 
 def quant_params(w: torch.Tensor, fmt: QuantFormat) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point for each row of `w` (reduced over the last dimension), float32."""

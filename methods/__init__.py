@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from harness.config import Compression, ConfigError
+from harness.quant import QuantFormat
 
 
 class Method:
@@ -25,6 +26,11 @@ class Method:
 
     def __init__(self, **options: Any) -> None:
         self.options = options
+
+    def group_param_bits(self, fmt: QuantFormat) -> int:
+        """Storage of one quantization group's parameters: a float16 scale, plus a `bits`-bit integer
+        zero point when asymmetric (GPTQ's packed format). Methods storing other formats override it."""
+        return 16 + (0 if fmt.symmetric else fmt.bits)
 
     def check(self, compression: Compression) -> None:
         """Raise ConfigError if this method cannot produce `compression`."""

@@ -4,6 +4,7 @@ import itertools
 import pytest
 import torch
 
+from harness.compress import layer_bits
 from harness.config import Compression
 from harness.methods.rtn import RoundToNearest
 from harness.quant import QuantFormat
@@ -56,8 +57,11 @@ def test_rtn_matches_float64_reference(bits, group, symmetric):
 
 def test_rtn_keeps_zero_exact_and_counts_storage():
     fmt = QuantFormat(bits=3, group_size=32, symmetric=False)
-    assert fmt.bits_per_weight(128) == 3 + (16 + 3) / 32
-    assert QuantFormat(bits=4, group_size=-1, symmetric=True).bits_per_weight(256) == 4 + 16 / 256
+    per_channel = QuantFormat(bits=4, group_size=-1, symmetric=True)
+    wide = torch.nn.Linear(256, 4, bias=False)
+    bits = lambda f: layer_bits(wide, 1024, Compression(quant=f, sparsity=None), RoundToNearest().group_param_bits) / 1024
+    assert bits(fmt) == 3 + (16 + 3) / 32  # float16 scale + 3-bit zero per group of 32
+    assert bits(per_channel) == 4 + 16 / 256  # symmetric: a scale per row, no zero
     layer = torch.nn.Linear(64, 8, bias=False)
     layer.weight.data[:, ::2] = 0.0
     RoundToNearest().compress(None, {"l": layer}, Compression(quant=fmt, sparsity=None))

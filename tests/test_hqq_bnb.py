@@ -1,0 +1,85 @@
+"""HQQ and bitsandbytes adapters against their formats' definitions, and end to end."""
+import pytest
+import torch
+
+from conftest import TINY, records, run_cli
+from harness.config import Compression, ConfigError
+from harness.methods import load_method
+from harness.quant import QuantFormat
+from harness.run import plan
+
+# QLoRA's NormalFloat4 code book (Dettmers et al., 2023, appendix E).
+NF4 = torch.tensor([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+                    -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+                    0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+                    0.7229568362236023, 1.0])
+
+
+def compressed(name, options, fmt, weight):
+    method = load_method(name, options)
+    compression = Compression(quant=fmt, sparsity=None)
+    method.check(compression)
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    layer.weight.data.copy_(weight)
+    method.compress(None, {"l": layer}, compression)
+    return layer.weight.detach().double()
+
+
+def test_nf4_values_are_block_absmax_times_the_code_book():
+    torch.manual_seed(0)
+    w = torch.randn(16, 256)
+    out = compressed("bnb", {}, QuantFormat(4, 64, True), w).reshape(16, 4, 64)
+    absmax = w.double().abs().reshape(16, 4, 64).amax(-1, keepdim=True)
+    codes = out / absmax
+    distance = (codes.unsqueeze(-1) - NF4.double()).abs().amin(-1)
+    assert distance.max() < 1e-3  # every value is absmax x an NF4 level (absmax kept in float32)
+    nearest = NF4.double()[(w.double().reshape(16, 4, 64) / absmax).unsqueeze(-1).sub(NF4.double()).abs().argmin(-1)]
+    assert (codes - nearest).abs().max() < 1e-3  # and the nearest one
+
+
+def test_int8_is_per_row_absmax_rounding():
+    torch.manual_seed(1)
+    w = torch.randn(8, 128)
+    out = compressed("bnb", {"quant_type": "int8"}, QuantFormat(8, -1, True), w)
+    w16 = w.half().double()
+    absmax = w16.abs().amax(1, keepdim=True)
+    reference = torch.round(w16 / absmax * 127) * absmax / 127
+    assert (out - reference).abs().max() < 1e-3 * absmax.max()
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_hqq_values_sit_on_one_affine_grid_per_group(bits):
+    torch.manual_seed(bits)
+    w = torch.randn(8, 128)
+    out = compressed("hqq", {}, QuantFormat(bits, 32, False), w).reshape(8, 4, 32)
+    for group in out.reshape(-1, 32):
+        levels = torch.unique(group)
+        assert levels.numel() <= 2**bits
+        steps = levels.diff()
+        assert torch.allclose(steps / steps.min(), torch.round(steps / steps.min()), atol=1e-3)
+    rtn_error = (compressed("rtn", {}, QuantFormat(bits, 32, False), w) - w.double()).abs().mean()
+    assert (out.reshape(8, 128) - w.double()).abs().mean() < 1.5 * rtn_error  # a sane quantizer, not noise
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["method=bnb", "bits=5"], "4-bit absmax"),
+        (["method=bnb", "group_size=32"], "group_size to one of 64"),
+        (["method=bnb", "method.quant_type=int8", "bits=8"], "per-row absmax"),
+        (["method=bnb", "method.quant_type=nf3"], "quant_type='nf3'"),
+        (["method=hqq", "symmetric=true"], "method=hqq is asymmetric"),
+    ],
+)
+def test_formats_the_packages_cannot_store_are_rejected(hydra_cfg, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        plan(hydra_cfg("model=tiny-random", *overrides))
+
+
+def test_cli_end_to_end(tmp_path):
+    run_cli(*TINY, "method=hqq", "bits=3", "group_size=32", results_dir=tmp_path)
+    run_cli(*TINY, "method=bnb", results_dir=tmp_path)
+    by_method = {r["config"]["method"]["name"]: r for r in records(tmp_path)}
+    assert by_method["hqq"]["stats"]["bits_per_weight"] == 3 + 32 / 32
+    assert by_method["bnb"]["stats"]["bits_per_weight"] == 4 + 32 / 64
+    assert all(r["status"] == "ok" for r in by_method.values())
