@@ -20,6 +20,25 @@ def resolve_settings(spec: dict[str, Any], config: dict[str, Any]) -> dict[str, 
     }
 
 
+class SampledTask:
+    """A knowledge task over a seeded sample of items: settings from `resolve_settings`."""
+
+    def __init__(self, name: str, spec: dict[str, Any]) -> None:
+        self.name = name
+        self.spec = spec
+
+    @staticmethod
+    def resolve(spec: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+        return resolve_settings(spec, config)
+
+
+class JudgedTask(SampledTask):
+    @staticmethod
+    def resolve(spec: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+        """The top-level `judge` settings, if any, override the task's."""
+        return resolve_settings(spec, config) | {"judge": spec["judge"] | (config.get("judge") or {})}
+
+
 def take_sample(items: Sequence[T], max_samples: int | None, seed: int) -> list[T]:
     """All items, or a seeded random subset of `max_samples` of them in a stable order."""
     if max_samples is None or max_samples >= len(items):

@@ -26,7 +26,7 @@ import yaml
 
 from harness.data import load_hub_dataset
 from harness.generation import contains_answer, exact_match, greedy_generate
-from harness.tasks.common import mean, package_source, resolve_settings, take_sample
+from harness.tasks.common import SampledTask, mean, package_source, take_sample
 
 PROMPT = "Please give answer to this question: {question}\nThe answer is "
 PROMPT_VERSION = "llm-kick-factoid/v2"  # v2: the trailing space is not tokenized
@@ -91,15 +91,7 @@ SOURCES = {
 }
 
 
-class FactoidQA:
-    def __init__(self, name: str, spec: dict[str, Any]) -> None:
-        self.name = name
-        self.spec = spec
-
-    @staticmethod
-    def resolve(spec: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-        return resolve_settings(spec, config)
-
+class FactoidQA(SampledTask):
     def prepare(self, tokenizer) -> None:
         questions, source = SOURCES[self.spec["dataset"]](self.spec)
         self.tokenizer = tokenizer  # generation needs it after the model loads

@@ -20,7 +20,7 @@ from typing import Any
 from harness.data import load_hub_dataset
 from harness.generation import greedy_generate
 from harness.judge import as_chat, make_judge, rate
-from harness.tasks.common import mean, package_source, resolve_settings, take_sample
+from harness.tasks.common import JudgedTask, mean, package_source, take_sample
 from harness.tasks.multiple_choice import countries
 
 JUDGE_INTRO = (
@@ -83,16 +83,7 @@ def mt_bench_conversations(data_path: str | None) -> list[dict[str, Any]]:
     ]
 
 
-class InstructionFollowing:
-    def __init__(self, name: str, spec: dict[str, Any]) -> None:
-        self.name = name
-        self.spec = spec
-
-    @staticmethod
-    def resolve(spec: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-        """The top-level `judge` settings, if any, override the task's."""
-        return resolve_settings(spec, config) | {"judge": spec["judge"] | (config.get("judge") or {})}
-
+class InstructionFollowing(JudgedTask):
     def prepare(self, tokenizer) -> None:
         if self.spec["dataset"] == "facts":
             conversations = fact_conversations(self.spec["size"], self.spec["seed"])

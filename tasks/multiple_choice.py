@@ -32,7 +32,7 @@ from typing import Any
 
 from harness.data import load_hub_dataset
 from harness.generation import choice_logprobs
-from harness.tasks.common import mean, package_source, resolve_settings, take_sample
+from harness.tasks.common import SampledTask, mean, package_source, take_sample
 
 LETTERS = "ABCD"
 PROMPT_VERSION = "hendrycks-mmlu/v1"
@@ -174,15 +174,7 @@ def build_prompt(
 # --- task ----------------------------------------------------------------------------------------
 
 
-class MultipleChoice:
-    def __init__(self, name: str, spec: dict[str, Any]) -> None:
-        self.name = name
-        self.spec = spec
-
-    @staticmethod
-    def resolve(spec: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-        return resolve_settings(spec, config)
-
+class MultipleChoice(SampledTask):
     def prepare(self, tokenizer) -> None:
         questions, shots, source = SOURCES[self.spec["dataset"]](self.spec)
         self.answer_format = self.spec.get("answer", "letter")

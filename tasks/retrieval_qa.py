@@ -22,7 +22,7 @@ from typing import Any
 
 from harness.data import load_hub_dataset
 from harness.generation import exact_match, greedy_generate, normalize_answer, token_f1
-from harness.tasks.common import mean, resolve_settings, take_sample
+from harness.tasks.common import SampledTask, mean, take_sample
 
 PROMPTS = {
     "closed_book": "Answer the question with a short answer.\nQuestion: {question}\nAnswer:",
@@ -147,15 +147,7 @@ def solved_example(mode: str) -> str:
     return PROMPTS[mode].format(**SOLVED_EXAMPLE) + f" {SOLVED_EXAMPLE['answer']}\n\n"
 
 
-class RetrievalQA:
-    def __init__(self, name: str, spec: dict[str, Any]) -> None:
-        self.name = name
-        self.spec = spec
-
-    @staticmethod
-    def resolve(spec: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-        return resolve_settings(spec, config)
-
+class RetrievalQA(SampledTask):
     def prepare(self, tokenizer) -> None:
         load, describe = SOURCES[self.spec["dataset"]]
         self.samples, available = load(self.spec)

@@ -20,7 +20,7 @@ from typing import Any
 from harness.data import load_hub_dataset
 from harness.generation import greedy_generate
 from harness.judge import make_judge, rate
-from harness.tasks.common import mean, resolve_settings
+from harness.tasks.common import JudgedTask, mean
 from harness.tasks.retrieval_qa import fictional_questions
 
 SUMMARY_PROMPT = "Summarize the following story in two or three sentences.\n\nStory:\n{story}\n\nSummary:"
@@ -67,16 +67,7 @@ def describe_source(spec: dict[str, Any]) -> str:
     return spec.get("data_path") or "hub:abisee/cnn_dailymail 3.0.0"
 
 
-class Summarization:
-    def __init__(self, name: str, spec: dict[str, Any]) -> None:
-        self.name = name
-        self.spec = spec
-
-    @staticmethod
-    def resolve(spec: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-        """The top-level `judge` settings, if any, override the task's."""
-        return resolve_settings(spec, config) | {"judge": spec["judge"] | (config.get("judge") or {})}
-
+class Summarization(JudgedTask):
     def prepare(self, tokenizer) -> None:
         buckets = self.spec["people"] if self.spec["dataset"] == "fictional" else self.spec["words"]
         if not self.spec.get("max_samples"):
