@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import statistics
 import time
 
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
+from harness.calibration import gram
 from harness.compress import compressible_layers
 from harness.config import Compression
 from harness.methods import load_method
@@ -86,11 +88,34 @@ def main() -> None:
     print(f"{'tiny' if args.small else 'Llama-3-8B'} shape, {args.layers or shape['num_hidden_layers']} blocks, "
           f"{n_samples} x {seqlen} tokens, bf16, {device_name}{', offloaded' if args.offload else ''}")
 
-    rows = [measure(name.strip(), args, shape, args.device, tokens) for name in args.runs.split(",")]
+    if args.device.startswith("cuda"):
+        time_gram(shape["intermediate_size"], seqlen, args.device)
     peak = "peak GiB (cuda max allocated)" if args.device.startswith("cuda") else "peak GiB (process RSS)"
-    print(f"\n{'run':<16}{'wall s':>10}{'s / block':>12}{peak:>32}")
-    for row in rows:
-        print(f"{row['run']:<16}{row['wall_s']:>10.1f}{row['per_block_s']:>12.2f}{row['peak_gib']:>32.2f}")
+    for name in args.runs.split(","):  # each row as soon as it is measured: a long run may be cut
+        row = measure(name.strip(), args, shape, args.device, tokens)
+        print(f"{row['run']:<16}{row['wall_s']:>10.1f} s wall{row['per_block_s']:>10.2f} s / block"
+              f"{row['peak_gib']:>10.2f} {peak}", flush=True)
+
+
+def time_gram(width: int, seqlen: int, device: str, repeats: int = 20) -> None:
+    """One window's X^T X for the widest input (the MLP down projection), bfloat16 activations:
+    the engine's tensor-core product (calibration.gram) against converting to float32 first."""
+    x = torch.randn(seqlen, width, device=device).bfloat16()
+    paths = {"bf16 x bf16 -> fp32": lambda: gram(x), "fp32 x fp32": lambda: x.float().T @ x.float()}
+    times = {}
+    for name, path in paths.items():
+        path()
+        samples = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            path()
+            end.record()
+            torch.cuda.synchronize()
+            samples.append(start.elapsed_time(end))
+        times[name] = statistics.median(samples)
+        print(f"X^T X [{seqlen} x {width}] {name}: median {times[name]:.2f} ms over {repeats}", flush=True)
+    print(f"  ratio fp32 / bf16: {times['fp32 x fp32'] / times['bf16 x bf16 -> fp32']:.1f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ re-run to capture the inputs of each group after the groups before it are compre
 from __future__ import annotations
 
 import logging
-import math
 import resource
 import time
 from collections.abc import Callable, Collection
@@ -71,19 +70,30 @@ class InputStats:
 
     def add(self, x: torch.Tensor) -> None:
         batch = x.shape[0] if x.dim() > 2 else 1
-        x = x.reshape(-1, x.shape[-1]).float()
+        x = x.reshape(-1, x.shape[-1])
         if self.hessian is not None:
             # GPTQ's running rescale keeps H the mean over samples so far: no float32 overflow or
             # precision loss from summing hundreds of thousands of tokens into one matrix.
-            self.hessian *= self.samples / (self.samples + batch)
-            scaled = math.sqrt(2 / (self.samples + batch)) * x
-            self.hessian.addmm_(scaled.T, scaled)
+            self.hessian.mul_(self.samples / (self.samples + batch))
+            self.hessian.add_(gram(x), alpha=2 / (self.samples + batch))
+        x = x.float()
         if self.sq_norm is not None:
             self.sq_norm += x.square().sum(0)
         if self._abs_sum is not None:
             self._abs_sum += x.abs().sum(0)
         self.samples += batch
         self.tokens += x.shape[0]
+
+
+def gram(x: torch.Tensor) -> torch.Tensor:
+    """X^T X in float32 for X [tokens, width]. On CUDA, 16-bit activations are multiplied as they are,
+    with a float32 result: a product of two bfloat16 / float16 numbers is exact in float32 and cuBLAS
+    accumulates in float32, so this is the float32 product up to summation order, computed on tensor
+    cores instead of float32 units (benchmarks/NOTES.md has both timings)."""
+    if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
+        return torch.mm(x.T, x, out_dtype=torch.float32)
+    x = x.float()
+    return x.T @ x
 
 
 # A method's step: compress the linears of one group (name -> layer, on the compute device) from the
