@@ -43,10 +43,13 @@ def compress(
     model: nn.Module, method: Method, compression: Compression, calibration: Any = None, device: str | None = None
 ) -> dict[str, float]:
     layers = compressible_layers(model)
-    method_stats = method.compress(model, layers, compression, calibration, device) or {}
+    method_stats = dict(method.compress(model, layers, compression, calibration, device) or {})
     # Kept weights are counted where the mask is chosen: quantization may round more of them to 0.
-    count = (lambda w: int(torch.count_nonzero(w))) if compression.sparsity else torch.numel
-    kept = {name: count(layer.weight) for name, layer in layers.items()}
+    # A method that quantizes inside its pruning sweep reports its masks' counts (kept_weights).
+    kept = method_stats.pop("kept_weights", None)
+    if kept is None:
+        count = (lambda w: int(torch.count_nonzero(w))) if compression.sparsity else torch.numel
+        kept = {name: count(layer.weight) for name, layer in layers.items()}
     if compression.quant and not method.quantizes:
         # A pruner that cannot quantize is followed by RTN, defined once here: 0 is exactly
         # representable, so the mask survives.

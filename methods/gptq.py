@@ -89,12 +89,14 @@ def obs_sweep(
     `hinv` is the upper Cholesky factor of H^-1. Each column is pruned (if `pattern`: its mask chosen
     per block for unstructured sparsity, per M columns for N:M, from `obs_score`), then quantized
     (if `quantizer`: SparseGPT's joint mode), and its error is spread over the later columns.
-    Returns the compressed weight."""
+    Returns the compressed weight and the number of weights the masks kept (quantization may round
+    some kept weights to 0 as well)."""
     out = torch.empty_like(weight)
     cols = weight.shape[1]
     group = quantizer.group if quantizer is not None and quantizer.dynamic else None
     m = pattern.m if pattern is not None and pattern.is_nm else None
     block = sweep_block(block_size, group, m)
+    kept = torch.zeros((), dtype=torch.int64, device=weight.device)
     for b0 in range(0, cols, block):
         b1 = min(b0 + block, cols)
         w1 = weight[:, b0:b1].clone()
@@ -123,7 +125,8 @@ def obs_sweep(
             w1[:, i:] -= e.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
             err[:, i] = e
         weight[:, b1:] -= err @ hinv[b0:b1, b1:]
-    return out
+        kept += w1.numel() if keep is None else keep.sum()
+    return out, int(kept)
 
 
 def gptq_quantize(
@@ -137,7 +140,7 @@ def gptq_quantize(
     quantizer = ColumnQuantizer(fmt, w, order)
     if order is not None:
         w, hessian = w[:, order], hessian[order][:, order]
-    q = obs_sweep(w, inverse_hessian_upper(hessian, damp), block_size, quantizer)
+    q, _ = obs_sweep(w, inverse_hessian_upper(hessian, damp), block_size, quantizer)
     return q if order is None else q[:, torch.argsort(order)]
 
 

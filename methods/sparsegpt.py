@@ -23,7 +23,8 @@ def sparsegpt_prune(
     block_size: int = 128,
 ) -> torch.Tensor:
     """SparseGPT of a [rows, cols] weight given the upper Cholesky factor of its damped inverse
-    Hessian (gptq.inverse_hessian_upper) and its dead inputs; returns the float32 result."""
+    Hessian (gptq.inverse_hessian_upper) and its dead inputs; returns the float32 result and the
+    number of weights its mask kept."""
     w = weight.float().clone()
     w[:, dead] = 0
     quantizer = ColumnQuantizer(fmt, w) if fmt is not None else None
@@ -43,14 +44,21 @@ class SparseGPT(LayerwiseMethod):
         super().__init__(true_sequential, damp=damp, block_size=block_size)
         self.damp, self.block_size = float(damp), int(block_size)
 
+    def compress(self, model, layers, compression, calibration=None, device=None) -> dict:
+        # Jointly quantized, a kept weight may round to 0: the masks' counts are the sparsity.
+        self.kept_weights = {}
+        return super().compress(model, layers, compression, calibration, device) | {"kept_weights": self.kept_weights}
+
     @torch.no_grad()
     def compress_group(self, layers, inputs, compression) -> None:
         # One inverse per group; each layer is pruned on its own, since an unstructured mask is
         # chosen over the rows of one layer.
         hinv = inverse_hessian_upper(inputs.hessian, self.damp)
         dead = dead_inputs(inputs.hessian)
-        for layer in layers.values():
-            pruned = sparsegpt_prune(layer.weight, hinv, dead, compression.sparsity, compression.quant, self.block_size)
+        for name, layer in layers.items():
+            pruned, self.kept_weights[name] = sparsegpt_prune(
+                layer.weight, hinv, dead, compression.sparsity, compression.quant, self.block_size
+            )
             layer.weight.copy_(pruned)
 
 
