@@ -10,12 +10,14 @@ T = TypeVar("T")
 
 
 def resolve_settings(spec: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-    """A top-level `max_samples` (if set) overrides the task's own cap; `data_paths.<dataset>` points at
-    a local copy of a hub dataset. The task's own `seed` draws its sample, so that runs of different
+    """A top-level `max_samples` (if set) overrides the task's own cap, `eval_batch_size` its batch size
+    (a GPU takes far larger batches than the CPU-sized defaults); `data_paths.<dataset>` points at a
+    local copy of a hub dataset. The task's own `seed` draws its sample, so that runs of different
     methods (or experiment seeds) are scored on the same questions."""
-    cap = config.get("max_samples")
+    cap, batch_size = config.get("max_samples"), config.get("eval_batch_size")
     return spec | {
         "max_samples": cap if cap is not None else spec.get("max_samples"),
+        "batch_size": batch_size if batch_size is not None else spec.get("batch_size"),
         "data_path": (config.get("data_paths") or {}).get(spec["dataset"]),
     }
 

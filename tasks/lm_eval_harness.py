@@ -72,7 +72,7 @@ class LmEvalTask:
         return spec | {
             "max_samples": config.get("max_samples", spec.get("max_samples")),
             "num_fewshot": spec.get("num_fewshot"),
-            "batch_size": spec.get("batch_size", 8),
+            "batch_size": config.get("eval_batch_size") or spec.get("batch_size", 8),
             "include_paths": [extra] if isinstance(extra, str) else list(extra),  # besides the bundled folder
         }
 

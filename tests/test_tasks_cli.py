@@ -16,8 +16,10 @@ def one_thread(monkeypatch):
 
 
 def test_offline_knowledge_tasks_record_metrics_and_protocol(tmp_path):
-    run_cli(*TINY, "method=rtn", "bits=4", "group_size=32", "tasks=[trivia,facts_mc,facts_mc_text,fictional_qa]", FEW, results_dir=tmp_path)
+    run_cli(*TINY, "method=rtn", "bits=4", "group_size=32", "tasks=[trivia,facts_mc,facts_mc_text,fictional_qa]", FEW,
+            "eval_batch_size=4", results_dir=tmp_path)
     (record,) = records(tmp_path)
+    assert {spec["batch_size"] for spec in record["config"]["task_specs"].values()} == {4}
     metrics, tasks = record["metrics"], record["tasks"]
     assert {"trivia/lenient", "trivia/exact_match", "facts_mc/acc", "facts_mc_text/acc"} <= set(metrics)
     assert {f"fictional_qa/{mode}/{score}" for mode in ("closed_book", "open_book") for score in ("em", "f1")} <= set(metrics)
