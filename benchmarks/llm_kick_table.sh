@@ -12,17 +12,4 @@ for run in "method=none" "method=magnitude sparsity=0.5" "method=wanda sparsity=
   # shellcheck disable=SC2086
   python -m harness "${COMMON[@]}" $run 2>&1 | grep -E "INFO\] - (run|config)|error" || true
 done
-python - "$DIR" <<'PY'
-import sys
-from harness import results
-df = results.load(sys.argv[1])
-df = df[df.status == "ok"]
-label = df["config.method.name"] + " " + df["config.sparsity"].map(lambda s: f"{s:.0%}" if s else "") + \
-        df["config.bits"].map(lambda b: f"w{b}" if b < 16 else "")
-cols = {"metrics.pydoc/ppl": "ppl", "metrics.trivia/lenient": "trivia lenient", "metrics.trivia/exact_match": "trivia EM",
-        "metrics.facts_mc_text/acc": "facts MC acc", "metrics.fictional_qa/closed_book/f1": "closed F1",
-        "metrics.fictional_qa/open_book/f1": "open F1", "metrics.fictional_qa/open_book/em": "open EM"}
-table = df.set_index(label)[[c for c in cols if c in df]].rename(columns=cols)
-print(table.round(3).to_string())
-print(df.set_index(label)[[c for c in df if c.startswith("timings.eval_")]].round(1).to_string())
-PY
+python benchmarks/results_table.py "$DIR"
