@@ -51,14 +51,16 @@ def test_int8_is_per_row_absmax_rounding():
 def test_hqq_values_sit_on_one_affine_grid_per_group(bits):
     torch.manual_seed(bits)
     w = torch.randn(8, 128)
-    out = compressed("hqq", {}, QuantFormat(bits, 32, False), w).reshape(8, 4, 32)
-    for group in out.reshape(-1, 32):
+    along_rows = compressed("hqq", {"axis": 1}, QuantFormat(bits, 32, False), w).reshape(-1, 32)
+    strided = compressed("hqq", {"axis": 0}, QuantFormat(bits, 32, False), w).reshape(32, -1).T
+    for group in torch.cat([along_rows, strided]):
         levels = torch.unique(group)
         assert levels.numel() <= 2**bits
         steps = levels.diff()
         assert torch.allclose(steps / steps.min(), torch.round(steps / steps.min()), atol=1e-3)
     rtn_error = (compressed("rtn", {}, QuantFormat(bits, 32, False), w) - w.double()).abs().mean()
-    assert (out.reshape(8, 128) - w.double()).abs().mean() < 1.5 * rtn_error  # a sane quantizer, not noise
+    for out in (along_rows, strided.T):
+        assert (out.reshape(8, 128) - w.double()).abs().mean() < 1.5 * rtn_error  # a sane quantizer, not noise
 
 
 @pytest.mark.parametrize(
