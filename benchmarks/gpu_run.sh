@@ -8,7 +8,10 @@
 #              save the dequantized model as a Hugging Face folder, so each run loads in seconds
 #   table      the SmolLM2 sweeps below on CUDA, resumable: results live in /root/results (they
 #              survive between calls while the machine stays warm; finished runs are skipped) and
-#              are copied to $OUT; TABLE_DEADLINE_S (default 520) stops starting new sweeps
+#              are copied to $OUT; TABLE_DEADLINE_S (default 520) stops starting new sweeps.
+#              ONLY_SWEEPS (one per line) replaces the list; TASKS, MAX_SAMPLES (300), EVAL_BS (16) and
+#              CALIB_SAMPLES (32) set the tasks, questions per task, batch and calibration windows.
+#              benchmarks/NOTES.md lists the exact commands behind its tables.
 # The GPU image lacks hydra-core, omegaconf, antlr4, gguf, hqq (+ einops, termcolor) and the offline
 # task data packages: their wheels travel in .whl/. bitsandbytes (43 MB wheel) travels unpacked with
 # only its CUDA 13.0 library, in .device/pylib. SmolLM2's GGUF (98 MB) is larger than one transfer.
