@@ -52,7 +52,17 @@ def c4_corpus(split: str = "validation", data_path: str | None = None) -> Corpus
     return Corpus("c4", " ".join(rows[:1100]["text"]), " ")
 
 
-HUB_CORPORA = {"wikitext2": wikitext2_corpus, "c4": c4_corpus}
+def pileval_corpus(split: str = "validation", data_path: str | None = None) -> Corpus:
+    """AWQ's calibration data: mit-han-lab/pile-val-backup (the Pile's validation split, val.jsonl.zst),
+    shuffled with AWQ's seed 42; its first 2,000 documents, stripped, joined by '\n\n'. AWQ itself keeps
+    128 documents of at most 512 tokens and cuts 512-token blocks; here windows are drawn from the
+    joined text as for every other calibration corpus (calib.seqlen, calib.n_samples)."""
+    rows = load_hub_dataset("pileval", ("mit-han-lab/pile-val-backup",), split, data_path, "json", file_key="val")
+    rows = rows.shuffle(seed=42).select(range(min(2000, len(rows))))
+    return Corpus("pileval", "\n\n".join(text.strip() for text in rows["text"]), "\n\n")
+
+
+HUB_CORPORA = {"wikitext2": wikitext2_corpus, "c4": c4_corpus, "pileval": pileval_corpus}
 CORPORA = ("pydoc", *HUB_CORPORA)
 
 
@@ -68,7 +78,7 @@ def calibration_windows(
 ) -> torch.Tensor:
     """[n_samples, seqlen] token ids: random windows of the training split, as GPTQ, SparseGPT and
     Wanda draw them (a seeded generator; the same seed gives the same windows)."""
-    split = {"c4": "train", "wikitext2": "train", "pydoc": "train"}[dataset]
+    split = {"c4": "train", "wikitext2": "train", "pydoc": "train", "pileval": "validation"}[dataset]
     ids = tokenizer(load_corpus(dataset, split, data_path).text, return_tensors="pt").input_ids[0]
     if ids.numel() <= seqlen:
         raise DataUnavailable(f"calibration dataset {dataset}: {ids.numel()} tokens, fewer than seqlen={seqlen}")
@@ -77,13 +87,15 @@ def calibration_windows(
     return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
 
 
-def load_hub_dataset(name, hub_args, split, data_path, local_format, data_files=None):
+def load_hub_dataset(name, hub_args, split, data_path, local_format, data_files=None, file_key=None):
     """Rows of a hub dataset (`load_dataset(*hub_args)`), or of local files in the hub's own format
-    (`local_format`: parquet, json) under `data_path` whose names carry the split."""
+    (`local_format`: parquet, json) under `data_path` whose names carry the split (or `file_key`,
+    where the hub's file names abbreviate it)."""
     import datasets
 
     if data_path:
-        files = sorted(f for f in _files_under(data_path) if split in os.path.basename(f))  # hub names carry the split
+        key = file_key or split
+        files = sorted(f for f in _files_under(data_path) if key in os.path.basename(f))  # hub names carry the split
         if not files:
             raise DataUnavailable(f"dataset {name}: no files for split {split!r} under data_path={data_path}")
         return datasets.load_dataset(local_format, data_files={split: files}, split=split)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from harness import compress, data, models, results
-from harness.config import Experiment
+from harness.config import ConfigError, Experiment
 from harness.methods import load_method
 from harness.tasks import build as build_task
 from harness.tasks import resolve_specs
@@ -41,11 +41,21 @@ def plan(cfg) -> tuple[Experiment, Any, dict[str, dict[str, Any]]]:
     method_cfg = dict(exp.config["method"])
     method = load_method(method_cfg.pop("name"), method_cfg)
     method.check(exp.compression)
-    if not method.needs_calibration:
+    if method.needs_calibration:
+        check_calibration(exp.config["calib"])
+    else:
         exp.config["calib"] = None  # not part of what this experiment is
     exp.config["task_specs"] = resolve_specs(exp.config["tasks"], exp.config)
     compress.check_shapes(compress.compressible_layers(models.skeleton(exp.config["model"])), exp.compression)
     return exp, method, exp.config["task_specs"]
+
+
+def check_calibration(calib: dict[str, Any]) -> None:
+    if calib["dataset"] not in data.CORPORA:
+        raise ConfigError(f"calib.dataset={calib['dataset']}: unknown; known: {', '.join(data.CORPORA)}")
+    for key in ("n_samples", "seqlen"):
+        if not isinstance(calib[key], int) or calib[key] < 1:
+            raise ConfigError(f"calib.{key}={calib[key]}: must be a positive integer")
 
 
 def run(cfg) -> dict[str, Any]:

@@ -29,6 +29,9 @@ CASES = {
     "unknown task": (["tasks=[pydoc,nope]"], "task=nope"),
     "unknown dtype": (["dtype=fp8"], "dtype='fp8'"),
     "cuda without a GPU": (["device=cuda"], "device=cuda"),
+    "unknown calibration set": (["method=gptq", "bits=4", "group_size=32", "calib.dataset=pile"], "calib.dataset=pile"),
+    "no calibration windows": (["method=wanda", "sparsity=0.5", "calib.n_samples=0"], "calib.n_samples=0"),
+    "hqq axis": (["method=hqq", "method.axis=2"], "method.axis=2"),
 }
 
 

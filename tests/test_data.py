@@ -55,3 +55,15 @@ def test_calibration_windows_are_seeded_slices_of_the_train_half():
     assert a.shape == (8, 64) and a.equal(b) and not a.equal(c)
     train = tok.decode(tok(data.pydoc_corpus("train").text).input_ids)
     assert tok.decode(a[0]) in train
+
+
+def test_pileval_parses_hub_jsonl_shuffled_as_awq(tmp_path):
+    docs = [{"text": f" document {i} \n", "meta": {"pile_set_name": "Pile-CC"}} for i in range(2500)]
+    (tmp_path / "val.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    corpus = data.load_corpus("pileval", "validation", str(tmp_path))
+    texts = corpus.text.split("\n\n")
+    assert len(texts) == 2000 and len(set(texts)) == 2000  # the first 2,000 after shuffling
+    assert texts != [f"document {i}" for i in range(2000)] and all(t.startswith("document ") for t in texts)
+    assert corpus.text == data.load_corpus("pileval", "validation", str(tmp_path)).text  # seed 42, every time
+    windows = data.calibration_windows(byte_tokenizer(), "pileval", 4, 32, seed=0, data_path=str(tmp_path))
+    assert windows.shape == (4, 32)
