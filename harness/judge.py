@@ -139,6 +139,12 @@ def rate(judge, prompts: list[str], pattern: str, low: int, high: int) -> list[d
     return [{"rating": parse_rating(reply, pattern, low, high), "reply": reply} for reply in judge.complete(prompts)]
 
 
+def rated_fraction(ratings: list[dict[str, Any]]) -> float:
+    """Share of the judge's replies that stated a rating: a score over few rated replies means little,
+    and a judge that rates nothing leaves only this metric."""
+    return sum(r["rating"] is not None for r in ratings) / len(ratings) if ratings else float("nan")
+
+
 # --- a local model as an OpenAI-compatible endpoint ----------------------------------------------
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from harness.data import load_hub_dataset
 from harness.generation import greedy_generate
-from harness.judge import as_chat, make_judge, rate
+from harness.judge import as_chat, make_judge, rate, rated_fraction
 from harness.tasks.common import JudgedTask, mean, package_source, take_sample
 from harness.tasks.multiple_choice import countries
 
@@ -107,7 +107,7 @@ class InstructionFollowing(JudgedTask):
         records = [{"category": c["category"], "answers": a, "ratings": []} for c, a in zip(self.conversations, answers)]
         for (c, _), rating in zip(where, ratings):
             records[c]["ratings"].append(rating)
-        metrics = {}
+        metrics = {f"{self.name}/rated_fraction": rated_fraction(ratings)}
         turns = max(len(c["turns"]) for c in self.conversations)
         for turn in range(turns):
             rated = [r["ratings"][turn]["rating"] for r in records if turn < len(r["ratings"])]

@@ -19,7 +19,7 @@ from typing import Any
 
 from harness.data import load_hub_dataset
 from harness.generation import greedy_generate
-from harness.judge import make_judge, rate
+from harness.judge import make_judge, rate, rated_fraction
 from harness.tasks.common import JudgedTask, mean
 from harness.tasks.retrieval_qa import fictional_questions
 
@@ -91,7 +91,8 @@ class Summarization(JudgedTask):
         per_story = [{"bucket": s["bucket"], "summary": summary, "ratings": {}} for s, summary in zip(self.stories, summaries)]
         for (i, aspect), rating in zip(requests, ratings):
             per_story[i]["ratings"][aspect] = rating
-        return self._metrics(per_story), {
+        metrics = self._metrics(per_story) | {f"{self.name}/rated_fraction": rated_fraction(ratings)}
+        return metrics, {
             "dataset": self.spec["dataset"],
             "source": describe_source(self.spec),
             "samples": len(self.stories),

@@ -86,6 +86,8 @@ def test_judged_tasks_through_an_http_judge_record_ratings_but_never_the_key(jud
     assert len(summaries["ratings"]) == 3 and all(len(s["ratings"]) == 4 for s in summaries["ratings"])
     assert all(isinstance(r["reply"], str) for s in summaries["ratings"] for r in s["ratings"].values())
     assert instructions["samples"] == 3 and all(len(c["ratings"]) == 2 for c in instructions["ratings"])
+    for name, replies, unrated in (("fictional_summaries", 12, summaries["unrated"]), ("fact_instructions", 6, instructions["unrated"])):
+        assert record["metrics"][f"{name}/rated_fraction"] == (replies - unrated) / replies
     assert summaries["prompt_version"] and instructions["prompt_version"] and instructions["judge"]["kind"] == "http"
     logs = "".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file())
     assert KEY not in logs + proc.stdout + proc.stderr
