@@ -14,11 +14,15 @@ def resolve_settings(spec: dict[str, Any], config: dict[str, Any]) -> dict[str, 
     (a GPU takes far larger batches than the CPU-sized defaults); `data_paths.<dataset>` points at a
     local copy of a hub dataset. The task's own `seed` draws its sample, so that runs of different
     methods (or experiment seeds) are scored on the same questions."""
+    return spec | sample_and_batch(spec, config) | {"data_path": (config.get("data_paths") or {}).get(spec["dataset"])}
+
+
+def sample_and_batch(spec: dict[str, Any], config: dict[str, Any], default_batch: int | None = None) -> dict[str, Any]:
+    """max_samples and batch_size: the top-level config's where set, else the task's own."""
     cap, batch_size = config.get("max_samples"), config.get("eval_batch_size")
-    return spec | {
+    return {
         "max_samples": cap if cap is not None else spec.get("max_samples"),
-        "batch_size": batch_size if batch_size is not None else spec.get("batch_size"),
-        "data_path": (config.get("data_paths") or {}).get(spec["dataset"]),
+        "batch_size": batch_size if batch_size is not None else spec.get("batch_size", default_batch),
     }
 
 

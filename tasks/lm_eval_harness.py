@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from harness.tasks.common import sample_and_batch
+
 BUNDLED_TASKS = Path(__file__).parent / "lm_eval_tasks"
 # Task settings that say how a task prompts and scores; recorded with its metrics.
 RECORDED_CONFIG = (
@@ -69,10 +71,8 @@ class LmEvalTask:
         """`max_samples` becomes lm-eval's per-task `limit` (its first N documents); lm-eval's own
         default seeds stay, so results compare with other lm-eval runs."""
         extra = config.get("lm_eval_include_path") or []
-        return spec | {
-            "max_samples": config.get("max_samples", spec.get("max_samples")),
+        return spec | sample_and_batch(spec, config, default_batch=8) | {
             "num_fewshot": spec.get("num_fewshot"),
-            "batch_size": config.get("eval_batch_size") or spec.get("batch_size", 8),
             "include_paths": [extra] if isinstance(extra, str) else list(extra),  # besides the bundled folder
         }
 
