@@ -9,7 +9,7 @@
 #   table      the SmolLM2 sweeps below on CUDA, resumable: results live in /root/results (they
 #              survive between calls while the machine stays warm; finished runs are skipped) and
 #              are copied to $OUT; TABLE_DEADLINE_S (default 520) stops starting new sweeps.
-#              ONLY_SWEEPS (one per line) replaces the list; TASKS, MAX_SAMPLES (300), EVAL_BS (16) and
+#              ONLY_SWEEPS (one per line) replaces the list; TASKS, MAX_SAMPLES (300), EVAL_BS (null: each task's own) and
 #              CALIB_SAMPLES (32) set the tasks, questions per task, batch and calibration windows.
 #              benchmarks/NOTES.md lists the exact commands behind its tables.
 # The GPU image lacks hydra-core, omegaconf, antlr4, gguf, hqq (+ einops, termcolor) and the offline
@@ -32,6 +32,7 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 
 SMOL=(model.package=null model.path="$HF_DIR" model.gguf_file=null device=cuda max_eval_tokens=1000000
       results_dir="$RESULTS" calib.n_samples="${CALIB_SAMPLES:-32}" max_samples="${MAX_SAMPLES:-300}"
+      eval_batch_size="${EVAL_BS:-null}"
       "tasks=${TASKS:-[pydoc,trivia,facts_mc_text,fictional_qa]}")
 # Sweeps in priority order: the LLM-KICK comparison first, then the rest of the calibration table.
 SWEEPS=(
