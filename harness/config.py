@@ -17,8 +17,13 @@ from harness.quant import QuantFormat
 from harness.sparsity import SparsityPattern, parse_pattern
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Keys that say where and whether to run, not what the experiment is: left out of the run id.
-NOT_EXPERIMENT = ("results_dir", "force")
+# Keys that say where, whether and how to run, not what the experiment is: not recorded, not in the run id.
+NOT_EXPERIMENT = ("results_dir", "force", "rerun_stale", "retry_failed", "dry_run", "claim_stale_s", "cache_dir")
+# Every numeric key: (name, smallest value, may be null). Checked before anything loads.
+INTEGER_KEYS = (
+    ("seqlen", 1, False), ("max_eval_tokens", 1, True), ("max_samples", 1, True), ("eval_batch_size", 1, True),
+    ("seed", 0, False), ("calib.n_samples", 1, False), ("calib.seqlen", 1, False), ("calib.seed", 0, False),
+)
 
 
 class ConfigError(ValueError):
@@ -45,12 +50,18 @@ class Experiment:
     dtype: torch.dtype
     results_dir: str
     force: bool
+    rerun_stale: bool  # an ok record made by other code is not reused
+    claim_stale_s: float  # a claim whose heartbeat is older is taken over (claims.py)
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "Experiment":
         raw = OmegaConf.to_container(cfg, resolve=True)
         raw.pop("hydra", None)
         config = {k: v for k, v in raw.items() if k not in NOT_EXPERIMENT}
+        _check_integers(config)
+        claim_stale_s = raw.get("claim_stale_s", 600)
+        if isinstance(claim_stale_s, bool) or not isinstance(claim_stale_s, (int, float)) or claim_stale_s <= 0:
+            raise ConfigError(f"claim_stale_s={claim_stale_s!r}: must be a positive number of seconds")
         compression = _compression(config)
         config["device"] = _device(config.get("device", "auto"))
         config["dtype"] = _dtype_name(config.get("dtype", "auto"), config["device"])
@@ -62,7 +73,23 @@ class Experiment:
             dtype=DTYPES[config["dtype"]],
             results_dir=str(raw.get("results_dir", "results")),
             force=bool(raw.get("force", False)),
+            rerun_stale=bool(raw.get("rerun_stale", False)),
+            claim_stale_s=float(claim_stale_s),
         )
+
+
+def _check_integers(config: dict[str, Any]) -> None:
+    for name, lowest, nullable in INTEGER_KEYS:
+        section, _, key = name.rpartition(".")
+        holder = config.get(section) if section else config
+        if not isinstance(holder, dict) or key not in holder:
+            continue
+        value = holder[key]
+        if value is None and nullable:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+            hint = ", or null" if nullable else ""
+            raise ConfigError(f"{name}={value!r}: must be an integer >= {lowest}{hint}")
 
 
 def _compression(config: dict[str, Any]) -> Compression:

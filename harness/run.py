@@ -2,7 +2,9 @@
 
 Everything that can be checked without weights is checked first (config values, method x compression,
 task names, layer shapes on a meta-device model); a failure there is a one-line error and no record.
-From the first expensive step on, any failure is recorded as a failed run and re-raised.
+From the first expensive step on, any failure is recorded as a failed run and re-raised, and an
+interruption (Ctrl-C, SIGTERM, a Slurm time limit or preemption) as an interrupted one. A run holds a
+claim on its point while it computes, so a second launch of the same point does not run it twice.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from typing import Any
 
 import torch
 
-from harness import compress, data, models, results
+from harness import cluster, compress, data, models, results
+from harness.claims import Lock
 from harness.config import ConfigError, Experiment
 from harness.methods import load_method
 from harness.tasks import build as build_task
@@ -58,27 +61,46 @@ def check_calibration(calib: dict[str, Any]) -> None:
             raise ConfigError(f"calib.{key}={calib[key]}: must be a positive integer")
 
 
-def run(cfg) -> dict[str, Any]:
+def run(cfg) -> dict[str, Any] | None:
+    """Run one experiment unless its ok record exists; None if another process is running it now."""
     exp, method, specs = plan(cfg)
     rid = results.run_id(exp.config)
-    previous = results.read(exp.results_dir, rid)
-    if previous and previous.get("status") == "ok" and not exp.force:
-        log.info("run %s already finished ok (%s); skipping (force=true to run again)", rid, results.record_path(exp.results_dir, rid))
+    previous = results.reusable(exp.results_dir, rid, exp.force, exp.rerun_stale)
+    if previous:
         return previous
-
-    record = {"run_id": rid, "config": exp.config, "started_at": results.now(), "env": results.environment()}
-    watch = Stopwatch()
+    claim = Lock(results.claim_path(exp.results_dir, rid), exp.claim_stale_s)
+    if not claim.acquire():
+        log.warning("run %s is being run now by %s; not running it twice", rid, claim.holder())
+        return None
     try:
-        record.update(execute(exp, method, specs, watch))
-        record["status"], record["error"] = "ok", None
-    except Exception as err:
-        record.update(status="failed", error=f"{type(err).__name__}: {err}", metrics={}, stats={}, tasks={})
-        raise
+        claim.start_heartbeat()
+        return results.reusable(exp.results_dir, rid, exp.force, exp.rerun_stale) or _run_claimed(exp, rid, method, specs)
     finally:
-        record["timings"] = watch.timings
-        record["finished_at"] = results.now()
-        path = results.write(exp.results_dir, record)
-        log.info("run %s %s: %s", rid, record["status"], path)
+        claim.release()
+
+
+def _run_claimed(exp: Experiment, rid: str, method, specs) -> dict[str, Any]:
+    record = {"run_id": rid, "config": exp.config, "started_at": results.now(), "env": results.environment(),
+              "job": cluster.job_info(), "attempt": results.attempts(exp.results_dir, rid) + 1}
+    log.info("run %s started: attempt %d, job %s", rid, record["attempt"], record["job"])
+    watch = Stopwatch()
+    with cluster.signals_recorded() as seen:
+        try:
+            record.update(execute(exp, method, specs, watch))
+            record["env"]["model_revision"] = record.pop("model_revision")
+            record["status"], record["error"] = "ok", None
+        except Exception as err:
+            after = f" (after {seen['signal']})" if seen["signal"] else ""
+            record.update(status="failed", error=f"{type(err).__name__}: {err}{after}", metrics={}, stats={}, tasks={})
+            raise
+        except BaseException as err:  # Ctrl-C, SIGTERM, submitit's exit after a requeue
+            record.update(status="interrupted", error=cluster.interruption(err, seen["signal"]), metrics={}, stats={}, tasks={})
+            raise
+        finally:
+            record["timings"] = watch.timings
+            record["finished_at"] = results.now()
+            path = results.write(exp.results_dir, record, force=exp.force)
+            log.info("run %s %s: %s", rid, record["status"], path)
     return record
 
 
@@ -109,4 +131,4 @@ def execute(exp: Experiment, method, specs, watch: Stopwatch) -> dict[str, Any]:
             task_metrics, task_info[task.name] = task.evaluate(model)
         metrics.update(task_metrics)
         log.info("%s: %s", task.name, task_metrics)
-    return {"metrics": metrics, "stats": stats, "tasks": task_info}
+    return {"metrics": metrics, "stats": stats, "tasks": task_info, "model_revision": getattr(model.config, "_commit_hash", None)}
