@@ -40,6 +40,13 @@ class Stopwatch:
 
 def plan(cfg) -> tuple[Experiment, Any, dict[str, dict[str, Any]]]:
     """Validate everything that needs no weights. Raises ConfigError."""
+    exp, method, specs = resolve(cfg)
+    compress.check_shapes(compress.compressible_layers(models.skeleton(exp.config["model"])), exp.compression)
+    return exp, method, specs
+
+
+def resolve(cfg) -> tuple[Experiment, Any, dict[str, dict[str, Any]]]:
+    """The experiment, its method and task settings, without reading the model (which may not be here yet)."""
     exp = Experiment.from_config(cfg)
     method_cfg = dict(exp.config["method"])
     method = load_method(method_cfg.pop("name"), method_cfg)
@@ -49,16 +56,12 @@ def plan(cfg) -> tuple[Experiment, Any, dict[str, dict[str, Any]]]:
     else:
         exp.config["calib"] = None  # not part of what this experiment is
     exp.config["task_specs"] = resolve_specs(exp.config["tasks"], exp.config)
-    compress.check_shapes(compress.compressible_layers(models.skeleton(exp.config["model"])), exp.compression)
     return exp, method, exp.config["task_specs"]
 
 
 def check_calibration(calib: dict[str, Any]) -> None:
     if calib["dataset"] not in data.CORPORA:
         raise ConfigError(f"calib.dataset={calib['dataset']}: unknown; known: {', '.join(data.CORPORA)}")
-    for key in ("n_samples", "seqlen"):
-        if not isinstance(calib[key], int) or calib[key] < 1:
-            raise ConfigError(f"calib.{key}={calib[key]}: must be a positive integer")
 
 
 def run(cfg) -> dict[str, Any] | None:

@@ -123,9 +123,15 @@ def print_plan(planned: list[Point], retry_failed: bool) -> None:
             print(f"  {p.state}: {p.label}: {p.detail}", file=sys.stderr)
 
 
-def summarize(planned: list[Point], launched: list[Point]) -> int:
-    """Read back every launched point's record; print done / skipped / failed / invalid; the exit code."""
-    after = [Point(p.overrides, run_id=p.run_id, results_dir=p.results_dir, **point_state(p.results_dir, p.run_id)) for p in launched]
+def summarize(planned: list[Point], launched: list[Point], jobs: dict[tuple, tuple[str, str]] | None = None) -> int:
+    """Read back every launched point's record; print done / skipped / failed / invalid; the exit code.
+    `jobs`: (job id, log) of each point's job, for points whose job died before leaving a trace."""
+    after = []
+    for p in launched:
+        state = point_state(p.results_dir, p.run_id)
+        if not state.get("job_id") and tuple(p.overrides) in (jobs or {}):
+            state["job_id"], state["log"] = jobs[tuple(p.overrides)]
+        after.append(Point(p.overrides, run_id=p.run_id, results_dir=p.results_dir, **state))
     done = [p for p in after if p.state in ("done", "stale")]
     running = [p for p in after if p.state == "running"]  # taken by a concurrent launch meanwhile
     bad = [p for p in after if p not in done and p not in running]
@@ -163,7 +169,7 @@ def run_sweeper(sweeper, arguments: list[str]) -> list[Any]:
     batch = sweeper.max_batch_size or len(launch)
     for start in range(0, len(launch), batch or 1):
         returns.append(sweeper.launcher.launch([p.overrides for p in launch[start : start + batch]], initial_job_idx=start))
-    code = summarize(planned, launch)
+    code = summarize(planned, launch, getattr(sweeper.launcher, "submitted", {}))
     if code:
         sys.exit(code)
     return returns
@@ -200,6 +206,7 @@ def submit_and_wait(launcher, job_overrides: Sequence[Sequence[str]], initial_jo
     for (overrides, *_), idx in zip(args, range(initial_job_idx, initial_job_idx + len(args))):
         log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
     jobs = executor.map_array(launcher, *zip(*args))
+    launcher.submitted = {tuple(overrides): (job.job_id, str(job.paths.stdout)) for job, (overrides, *_) in zip(jobs, args)}
     returns = []
     for job, (overrides, *_) in zip(jobs, args):
         try:

@@ -32,6 +32,15 @@ CASES = {
     "unknown calibration set": (["method=gptq", "bits=4", "group_size=32", "calib.dataset=pile"], "calib.dataset=pile"),
     "no calibration windows": (["method=wanda", "sparsity=0.5", "calib.n_samples=0"], "calib.n_samples=0"),
     "hqq axis": (["method=hqq", "method.axis=2"], "method.axis=2"),
+    "negative window": (["seqlen=-5"], "seqlen=-5: must be an integer >= 1"),
+    "window not a number": (["seqlen=long"], "seqlen='long'"),
+    "no eval tokens": (["max_eval_tokens=0"], "max_eval_tokens=0: must be an integer >= 1, or null"),
+    "no samples": (["max_samples=0"], "max_samples=0"),
+    "fractional batch": (["eval_batch_size=1.5"], "eval_batch_size=1.5"),
+    "negative seed": (["seed=-1"], "seed=-1: must be an integer >= 0"),
+    "negative calibration seed": (["method=gptq", "bits=4", "group_size=32", "calib.seed=-3"], "calib.seed=-3"),
+    "calibration window zero": (["method=gptq", "bits=4", "group_size=32", "calib.seqlen=0"], "calib.seqlen=0"),
+    "claim never stale": (["claim_stale_s=0"], "claim_stale_s=0"),
 }
 
 
