@@ -18,7 +18,7 @@ from harness.config import ConfigError
 log = logging.getLogger("harness")
 # conf/hydra/launcher/submitit_*.yaml share their names with the plugin's schemas on purpose: Hydra
 # then checks the project's launcher defaults against them (a misspelled key is an error).
-warnings.filterwarnings("ignore", message=".*is validated against ConfigStore schema with the same name")
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/submitit_\w+' is validated against ConfigStore schema")
 
 
 @hydra.main(config_path="pkg://harness.conf", config_name="config", version_base="1.3")

@@ -31,8 +31,8 @@ LOST = "lost"
 def owner() -> dict[str, Any]:
     """Who asks for a lock: this process, on this host, in this Slurm job (if any)."""
     job = cluster.job_info()
-    return {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(),
-            "job_id": job and job["job_id"], "restart_count": job and job["restart_count"]}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(), "job_id": job and job["job_id"],
+            "scheduler": job and job["scheduler"], "restart_count": job and job["restart_count"]}
 
 
 class Lock:
@@ -83,7 +83,7 @@ class Lock:
             return f"left by an earlier attempt of Slurm job {held['job_id']}"
         if held.get("host") == me["host"] and held.get("pid") and not _alive(held["pid"]):
             return f"process {held['pid']} on {held['host']} is gone"
-        if held.get("job_id"):
+        if held.get("job_id") and "slurm" in str(held.get("scheduler")):
             state = cluster.slurm_job_state(held["job_id"])
             if state is not None and state not in cluster.SLURM_LIVE_STATES:
                 return f"Slurm job {held['job_id']} is {state}"
@@ -105,10 +105,13 @@ class Lock:
 
         def beat() -> None:
             while not stop.wait(self.stale_after_s / 4):
-                if not self._is_mine():
+                try:
+                    if not self._is_mine():
+                        raise FileNotFoundError(self.path)
+                    os.utime(self.path)
+                except FileNotFoundError:
                     log.warning("lock %s was taken over by another process", self.path)
                     return
-                os.utime(self.path)
 
         threading.Thread(target=beat, name=f"heartbeat {self.path.name}", daemon=True).start()
 

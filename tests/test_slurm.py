@@ -36,7 +36,7 @@ pytestmark = pytest.mark.skipif(_slurm_unavailable() is not None, reason=str(_sl
 
 
 def launch(results_dir: Path, *overrides: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "harness", "-m", *overrides, *LAUNCHER, f"results_dir={results_dir}"]
+    cmd = [sys.executable, "-m", "harness", "-m", *LAUNCHER, *overrides, f"results_dir={results_dir}"]  # later ones win
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
