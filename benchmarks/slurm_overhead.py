@@ -2,8 +2,10 @@
 
 Needs a running Slurm (bash tests/slurm/start_slurm.sh up, as root). Runs, on the tiny model:
   1. an N-point grid (seed=0..N-1) through hydra/launcher=submitit_slurm, then per job, from sacct and
-     the records: submit -> Slurm start (queue), Slurm start -> run started (Python start-up, imports,
-     unpickling, validation), record written -> Slurm job end (teardown), and medians of each;
+     the records: submit -> Slurm start (queue, including the wait for a free CPU), dispatch (from the
+     later of submit and the moment a CPU came free, i.e. the end of an earlier job, to the start),
+     Slurm start -> run started (Python start-up, imports, unpickling, validation), record written ->
+     Slurm job end (teardown), and medians of each;
   2. the same 2 x 2 grid (rtn, bits 3,4 x group 32,64) through submitit_slurm and through the basic
      launcher, wall time of each command.
 
@@ -61,10 +63,13 @@ def main() -> None:
     args = parser.parse_args()
 
     wall = sweep(args.out / "overhead", "method=none", "seed=" + ",".join(map(str, range(args.jobs))), *SLURM)
+    found = [(record, written, sacct(record["job"]["job_id"])) for record, written in records(args.out / "overhead")]
+    ends = [job["end"] for _, _, job in found]
     rows = []
-    for record, written in records(args.out / "overhead"):
-        job = sacct(record["job"]["job_id"])
-        rows.append({"queue_s": job["start"] - job["submit"], "startup_s": stamp(record["started_at"]) - job["start"],
+    for record, written, job in found:
+        free = max([job["submit"], *(end for end in ends if end <= job["start"])])
+        rows.append({"queue_s": job["start"] - job["submit"], "dispatch_s": job["start"] - free,
+                     "startup_s": stamp(record["started_at"]) - job["start"],
                      "run_s": written - stamp(record["started_at"]), "teardown_s": job["end"] - written})
     print(f"{len(rows)} jobs through submitit_slurm in {wall:.1f} s (one command, {args.jobs}-point grid)")
     print("per job (s): " + "  ".join(f"{k}" for k in rows[0]))
@@ -72,7 +77,7 @@ def main() -> None:
         print("            " + "  ".join(f"{v:>{len(k)}.1f}" for k, v in row.items()))
     medians = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     print("median      " + "  ".join(f"{v:>{len(k)}.1f}" for k, v in medians.items()))
-    print(f"median overhead per job: submit -> run started {medians['queue_s'] + medians['startup_s']:.1f} s, "
+    print(f"median overhead per job: dispatch + start-up {medians['dispatch_s'] + medians['startup_s']:.1f} s, "
           f"record written -> job end {medians['teardown_s']:.1f} s (timestamps: sacct and records, 1 s resolution)")
 
     slurm = sweep(args.out / "grid-slurm", *GRID_2X2, *SLURM)

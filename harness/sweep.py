@@ -85,6 +85,8 @@ def _job(record: dict[str, Any]) -> dict[str, Any]:
 
 def plan_grid(points: Iterable[Sequence[str]], compose: Callable[[list[str]], DictConfig]) -> list[Point]:
     """Validate every point (no weights load) and find its state in its results directory."""
+    from hydra.errors import HydraException
+
     from harness.run import plan  # imports transformers: after the cache directory is set
 
     planned = []
@@ -93,8 +95,8 @@ def plan_grid(points: Iterable[Sequence[str]], compose: Callable[[list[str]], Di
         try:
             cfg = compose(overrides)
             exp = plan(cfg)[0]
-        except ConfigError as err:
-            planned.append(Point(overrides, "invalid", detail=str(err)))
+        except (ConfigError, HydraException) as err:  # HydraException: e.g. model=<no such file>
+            planned.append(Point(overrides, "invalid", detail=str(err).strip().splitlines()[0]))
             continue
         rid = results.run_id(exp.config)
         state = point_state(exp.results_dir, rid, exp.claim_stale_s)

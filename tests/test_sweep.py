@@ -8,7 +8,6 @@ import sys
 import time
 
 from conftest import REPO, TINY, records, run_cli
-from harness import results
 from harness.claims import Lock
 
 GRID = ["-m", *TINY, "method=rtn,magnitude", "bits=3,16", "sparsity=0,0.5"]
@@ -45,9 +44,9 @@ def test_a_live_claim_is_respected_and_a_dead_one_taken_over(tmp_path):
     first.release()
     assert second.acquire()
     second.release()
-    dead = subprocess.run([sys.executable, "-c", "print()"]).args  # a pid that has exited:
+    # a process that took the claim and exited without releasing it (as a SIGKILL would leave it)
     child = subprocess.Popen([sys.executable, "-c", f"from harness.claims import Lock; Lock({str(path)!r}, 600).acquire()"])
-    assert child.wait() == 0 and json.loads(path.read_text())["pid"] == child.pid and dead
+    assert child.wait() == 0 and json.loads(path.read_text())["pid"] == child.pid
     taker = Lock(path, stale_after_s=600)
     assert taker.stale_reason(taker.holder()) == f"process {child.pid} on {os.uname().nodename} is gone"
     assert taker.acquire()
@@ -110,7 +109,6 @@ def test_failed_points_are_retried_unless_told_not_to(tmp_path):
     assert "1 done" in skip.stderr and "1 failed before (skipped: retry_failed=false), 0 to launch" in skip.stderr
     retry = run_cli(*grid, results_dir=tmp_path, check=False)
     assert "1 failed before (retried), 1 to launch" in retry.stderr and retry.returncode == 1
-    assert results.attempts(tmp_path, records(tmp_path)[0]["run_id"]) >= 1
     assert sorted(r["attempt"] for r in records(tmp_path)) == [1, 2]
 
 
