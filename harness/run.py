@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from harness import compress, data, models, results
+from harness import compress, data, loggers, models, progress, results
 from harness.config import ConfigError, Experiment
 from harness.methods import load_method
 from harness.tasks import build as build_task
@@ -38,6 +38,7 @@ class Stopwatch:
 def plan(cfg) -> tuple[Experiment, Any, dict[str, dict[str, Any]]]:
     """Validate everything that needs no weights. Raises ConfigError."""
     exp = Experiment.from_config(cfg)
+    loggers.settings(exp.config.pop("logger", None))  # how a run is reported is not what it is: not in the run id
     method_cfg = dict(exp.config["method"])
     method = load_method(method_cfg.pop("name"), method_cfg)
     method.check(exp.compression)
@@ -60,13 +61,14 @@ def check_calibration(calib: dict[str, Any]) -> None:
 
 def run(cfg) -> dict[str, Any]:
     exp, method, specs = plan(cfg)
+    logger = loggers.settings(cfg.get("logger"))
     rid = results.run_id(exp.config)
     previous = results.read(exp.results_dir, rid)
     if previous and previous.get("status") == "ok" and not exp.force:
         log.info("run %s already finished ok (%s); skipping (force=true to run again)", rid, results.record_path(exp.results_dir, rid))
         return previous
 
-    record = {"run_id": rid, "config": exp.config, "started_at": results.now(), "env": results.environment()}
+    record = {"schema_version": results.SCHEMA_VERSION, "run_id": rid, "latency": None, "config": exp.config, "started_at": results.now(), "env": results.environment()}
     watch = Stopwatch()
     try:
         record.update(execute(exp, method, specs, watch))
@@ -79,6 +81,7 @@ def run(cfg) -> dict[str, Any]:
         record["finished_at"] = results.now()
         path = results.write(exp.results_dir, record)
         log.info("run %s %s: %s", rid, record["status"], path)
+        loggers.log_run(logger, record, path)
     return record
 
 
@@ -95,6 +98,7 @@ def execute(exp: Experiment, method, specs, watch: Stopwatch) -> dict[str, Any]:
             calib = exp.config["calib"]
             data_path = exp.config["data_paths"].get(calib["dataset"])
             calibration = data.calibration_windows(tokenizer, **calib, data_path=data_path)
+    progress.route_library_bars()  # after the tokenizer and tasks are prepared: they import what draws bars
     # A calibrated method keeps the model in CPU memory and moves one block at a time to the device.
     with watch.time("load_s"):
         home = "cpu" if method.needs_calibration else exp.device
