@@ -112,6 +112,9 @@ def normalize(record: Any) -> dict[str, Any]:
     version = record.get("schema_version", 0)
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         raise ValueError(f"schema_version {version!r} is newer than this harness reads ({SCHEMA_VERSION}): update it")
+    for section in SECTIONS:
+        if not isinstance(record.get(section) or {}, dict):
+            raise ValueError(f"not a record: its {section} is a JSON {type(record[section]).__name__}, not an object")
     return EMPTY_RECORD | record
 
 
@@ -181,7 +184,9 @@ def _rank(record: dict[str, Any], path: Path) -> tuple[bool, datetime, str]:
     try:
         finished = datetime.fromisoformat(record["finished_at"])
     except (TypeError, ValueError):
-        finished = datetime.min.replace(tzinfo=timezone.utc)  # unknown: the oldest
+        finished = datetime.min  # unknown: the oldest
+    if finished.tzinfo is None:  # no UTC offset: taken as UTC
+        finished = finished.replace(tzinfo=timezone.utc)
     return record["status"] == "ok", finished, str(path)
 
 

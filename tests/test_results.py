@@ -80,7 +80,7 @@ def test_load_merges_many_folders_keeps_every_valid_record_and_reports_corrupt_o
     newer["metrics"]["pydoc/ppl"] = 1.5
     save(fifth, newer)
     # ... and a run only ever failed, twice: its latest failure is shown.
-    save(fifth, synthetic(5000, "host4", status="failed", finished_at="2026-12-01T05:00:00+0000"), name="a")
+    save(fifth, synthetic(5000, "host4", status="failed", finished_at="2026-12-01T05:00:00"), name="a")  # no offset: UTC
     save(fifth, synthetic(5000, "host4", status="failed", finished_at="2026-12-01T06:00:00+0100"), name="b")
     later_failure = synthetic(5000, "host4", status="failed", finished_at="2026-12-01T05:30:00+0000")
     later_failure["error"] = "RuntimeError: the later one"
@@ -94,6 +94,7 @@ def test_load_merges_many_folders_keeps_every_valid_record_and_reports_corrupt_o
         "no_id.json": (json.dumps({"status": "ok", "metrics": {}}), "no run_id"),
         "no_status.json": (json.dumps({"run_id": "abc"}), "status None"),
         "future.json": (json.dumps(synthetic(7, "x") | {"schema_version": results.SCHEMA_VERSION + 1}), "newer than this harness"),
+        "bad_section.json": (json.dumps(synthetic(8, "x") | {"metrics": [1.0]}), "its metrics is a JSON list"),
     }
     for name, (content, _) in corrupt.items():
         (runs / name).write_text(content)
