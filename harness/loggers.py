@@ -70,9 +70,9 @@ def log_run(logger: dict[str, Any] | None, record: dict[str, Any], record_file: 
 
 def log_table(df: pd.DataFrame, name: str, cfg: Mapping[str, Any] | None = None) -> Path | None:
     """Log `df` (e.g. the leaderboard) as the wandb Table `name`, in a wandb run of its own (job type
-    `leaderboard`). `cfg` overrides conf/logger/wandb.yaml's settings (mode, project, entity, dir
-    (default: the working directory), group, tags, init_timeout). Returns the local wandb run folder, or None (disabled, or wandb failed: a
-    warning says why; the caller's own output is not affected)."""
+    `leaderboard`). `cfg` overrides conf/logger/wandb.yaml's settings: mode, project, entity, group,
+    tags, init_timeout, dir (default: the working directory). Returns the local wandb run folder, or
+    None (disabled, or wandb failed: a warning says why; the caller's own output is not affected)."""
     logger = settings(wandb_defaults() | dict(cfg or {}))
     if logger is None:
         return None
