@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from harness.methods import Method
+from harness.progress import progress
 
 log = logging.getLogger("harness")
 
@@ -139,7 +140,7 @@ def calibrate(
     names = _layer_names(blocks, layers)
     hidden, calls = capture_block_inputs(model, blocks, calibration, device)
     spare = torch.empty_like(hidden)
-    for i, (block, call) in enumerate(zip(blocks, calls)):
+    for i, (block, call) in enumerate(progress(zip(blocks, calls), "calibration blocks", len(blocks), unit="block")):
         block_start = time.perf_counter()
         home = next(block.parameters()).device
         block.to(device)

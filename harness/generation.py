@@ -20,6 +20,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from transformers import GenerationConfig
 
+from harness.progress import progress
+
 # --- scoring -------------------------------------------------------------------------------------
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -113,7 +115,7 @@ def greedy_generate(
     )
     outputs: list[str] = [""] * len(prompts)
     device = _device(model)
-    for batch in _by_length(encoded, batch_size):
+    for batch in progress(_by_length(encoded, batch_size), "generation", -(-len(encoded) // batch_size), unit="batch"):
         ids, mask, _ = left_padded([encoded[i] for i in batch], pad)
         generated = model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config, tokenizer=tokenizer
@@ -145,7 +147,7 @@ def choice_logprobs(
     keep = max(len(target) for scored in wanted.values() for *_, target in scored)
     device = _device(model)
     result = [[0.0] * len(choices) for _, choices in requests]
-    for batch in _by_length(inputs, batch_size):
+    for batch in progress(_by_length(inputs, batch_size), "choice scoring", -(-len(inputs) // batch_size), unit="batch"):
         ids, mask, positions = left_padded([inputs[i] for i in batch], pad_id(tokenizer))
         logits = model(
             input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),

@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 
 from harness import models
 from harness.generation import greedy_generate
+from harness.progress import progress
 
 URL_ENV = "HARNESS_JUDGE_URL"
 KEY_ENV = "HARNESS_JUDGE_API_KEY"
@@ -48,7 +49,7 @@ class HttpJudge:
         return {"kind": "http", "model": self.model, "url": self.url, "max_tokens": self.max_tokens}
 
     def complete(self, prompts: list[str]) -> list[str]:
-        return [self._ask(prompt) for prompt in prompts]
+        return [self._ask(prompt) for prompt in progress(prompts, "judge requests", unit="request")]
 
     def _ask(self, prompt: str) -> str:
         body = json.dumps({

@@ -19,9 +19,11 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterable
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -68,14 +70,14 @@ def record_path(results_dir: str, rid: str) -> Path:
 
 
 def read_record(path: Path) -> dict[str, Any]:
-    """One record file; raises CorruptRecord naming the file and what is wrong with it."""
+    """One record file, normalized; raises CorruptRecord naming the file and what is wrong with it
+    (FileNotFoundError if there is none)."""
     try:
-        record = json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CorruptRecord(Path(path), f"not valid JSON ({err})") from None
-    if not isinstance(record, dict) or record.get("status") not in ("ok", "failed", "interrupted"):
-        raise CorruptRecord(Path(path), "no status (a record written before its run finished?)")
-    return record
+        return normalize(json.loads(Path(path).read_bytes()))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CorruptRecord(Path(path), _reason(err)) from None
 
 
 def read(results_dir: str, rid: str) -> dict[str, Any] | None:
@@ -173,25 +175,154 @@ def _atomic_dump(record: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def load(results_dir: str = "results") -> pd.DataFrame:
-    """One row per run: run_id, status, error, and config.*, metrics.*, stats.*, timings.*, env.* columns."""
-    rows = []
-    for path in sorted((Path(results_dir) / RUNS).glob("*.json")):
-        record = json.loads(path.read_text())
-        row = {key: record.get(key) for key in ("run_id", "status", "error", "finished_at")}
-        for section in ("config", "metrics", "stats", "timings", "env"):
-            row.update(_flatten(record.get(section) or {}, section))
-        rows.append(row)
-    return pd.DataFrame(rows)
+# --- the schema and the table of many records ----------------------------------------------------
+
+# Version 1 added `schema_version` and `latency` (null until measured); records written before carry
+# no schema_version and read as version 0. README.md ("Results") documents every column.
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "failed", "interrupted")
+# A record's keys with their empty values: what an older record lacks reads as these.
+EMPTY_RECORD = {
+    "schema_version": 0, "error": None, "started_at": None, "finished_at": None, "attempt": None, "job": None,
+    "config": {}, "env": {}, "metrics": {}, "stats": {}, "timings": {}, "tasks": {}, "latency": None,
+}
+SCALARS = ("run_id", "status", "error", "schema_version", "started_at", "finished_at", "attempt")
+SECTIONS = ("config", "metrics", "stats", "timings", "env", "latency", "job", "tasks")
+# Columns every table has, in this order, empty where no record carries them (older records, runs
+# without calibration or latency), so tables of any records line up; per-task columns follow, sorted.
+COLUMNS = (
+    "run_id", "status", "error", "config.model.name", "config.method.name", "config.bits", "config.group_size",
+    "config.symmetric", "config.sparsity", "config.sparsity_pattern", "config.calib.dataset",
+    "config.calib.n_samples", "config.calib.seqlen", "config.calib.seed", "config.seed", "config.tasks",
+    "config.seqlen", "config.max_eval_tokens", "config.max_samples", "config.device", "config.dtype",
+    "stats.bits_per_weight", "stats.compressed_bytes", "stats.dense_bytes", "stats.sparsity",
+    "stats.compressed_layers", "stats.compressed_params", "stats.calib_s", "stats.calib_blocks",
+    "stats.calib_tokens", "stats.calib_peak_cuda_bytes", "stats.calib_peak_rss_bytes",
+    "latency.available", "latency.reason", "latency.kernel", "latency.kernel_version", "latency.device",
+    "latency.prompt_len", "latency.prefill_ms", "latency.decode_tokens_per_s.1", "latency.decode_tokens_per_s.16",
+    "latency.peak_gpu_bytes", "latency.weight_bytes",
+    "timings.prepare_s", "timings.load_s", "timings.compress_s",
+    "env.python", "env.torch", "env.transformers", "env.cuda", "env.gpu", "env.cpu_threads", "env.host",
+    "env.git_commit", "schema_version", "started_at", "finished_at", "attempt", "path", "copies",
+)
 
 
-def _flatten(tree: dict[str, Any], prefix: str) -> dict[str, Any]:
+class LoadError(NamedTuple):
+    """A record file `load` skipped, and why."""
+
+    path: str
+    reason: str
+
+
+def normalize(record: Any) -> dict[str, Any]:
+    """`record` in the current schema, or ValueError saying why it is no record.
+
+    A record needs a run_id and a status; older versions differ only by keys they lack, which read as
+    empty (EMPTY_RECORD), so version 0 needs no other change. `schema_version` stays what the record
+    was written with. A record newer than this code is refused rather than misread."""
+    if not isinstance(record, dict):
+        raise ValueError(f"not a record: a JSON {type(record).__name__}, not an object")
+    if not isinstance(record.get("run_id"), str) or not record["run_id"]:
+        raise ValueError("not a record: no run_id")
+    if record.get("status") not in STATUSES:
+        raise ValueError(f"not a record: status {record.get('status')!r} is none of {', '.join(STATUSES)}")
+    version = record.get("schema_version", 0)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ValueError(f"schema_version {version!r} is newer than this harness reads ({SCHEMA_VERSION}): update it")
+    for section in SECTIONS:
+        if not isinstance(record.get(section) or {}, dict):
+            raise ValueError(f"not a record: its {section} is a JSON {type(record[section]).__name__}, not an object")
+    return EMPTY_RECORD | record
+
+
+def load(paths: str | os.PathLike | Iterable[str | os.PathLike] = "results", errors: list[LoadError] | None = None) -> pd.DataFrame:
+    """One row per run from one results folder or several (hosts, sweeps, days): the columns COLUMNS,
+    then `config.*`, `metrics.*`, `stats.*`, `timings.*`, `env.*`, `latency.*`, `job.*` and `tasks.*`
+    (what each task measured, less per-sample lists) flattened, with `.` between levels.
+
+    A folder is a results_dir (records under runs/) or a runs/ folder itself. Records of one run id
+    found more than once (the same experiment on two hosts, or copied folders) make one row: the
+    latest ok record wins, by finished_at; a run with no ok record shows its latest record. `copies`
+    counts the records found for the run id, `path` names the file shown.
+
+    A record that cannot be read (truncated or corrupt JSON, not a JSON object, no run_id or status,
+    a newer schema) is skipped, never fatal: each is logged as a warning and listed as
+    LoadError(path, reason) in `df.attrs["load_errors"]` and, if given, appended to `errors`."""
+    folders = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    chosen: dict[str, tuple[dict[str, Any], Path]] = {}
+    copies: dict[str, int] = {}
+    skipped: list[LoadError] = []
+    for path in _record_files(folders):
+        try:
+            record = read_record(path)
+        except (CorruptRecord, OSError) as err:
+            skipped.append(LoadError(str(path), err.reason if isinstance(err, CorruptRecord) else _reason(err)))
+            log.warning("skipped record %s: %s", path, skipped[-1].reason)
+            continue
+        rid = record["run_id"]
+        copies[rid] = copies.get(rid, 0) + 1
+        if rid not in chosen or _rank(record, path) > _rank(*chosen[rid]):
+            chosen[rid] = (record, path)
+    rows = [_row(*chosen[rid]) | {"copies": copies[rid]} for rid in sorted(chosen)]
+    table = pd.DataFrame.from_records(rows)
+    table = table.reindex(columns=[*COLUMNS, *sorted(set(table.columns) - set(COLUMNS))])
+    table.attrs["load_errors"] = skipped
+    if errors is not None:
+        errors.extend(skipped)
+    return table
+
+
+def _record_files(folders: list[str | os.PathLike]) -> list[Path]:
+    """Every *.json under each folder's runs/ (or the folder itself), each file once."""
+    files: dict[Path, None] = {}
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"results folder {folder} does not exist")
+        runs = (folder / RUNS if (folder / RUNS).is_dir() else folder).resolve()
+        found = sorted(runs.glob("*.json"))
+        if not found:
+            log.warning("no records in %s (looked for %s/*.json)", folder, runs)
+        files.update(dict.fromkeys(found))
+    return list(files)
+
+
+def _reason(err: Exception) -> str:
+    if isinstance(err, json.JSONDecodeError):
+        return "empty file" if not err.doc.strip() else f"not valid JSON (truncated or corrupt): {err}"
+    if isinstance(err, UnicodeDecodeError):
+        return f"not UTF-8 text: {err}"
+    if isinstance(err, OSError):
+        return f"cannot read: {err.strerror or err}"
+    return str(err)
+
+
+def _rank(record: dict[str, Any], path: Path) -> tuple[bool, datetime, str]:
+    """Of two records of one run: an ok one first, then the later one (across hosts' time zones)."""
+    try:
+        finished = datetime.fromisoformat(record["finished_at"])
+    except (TypeError, ValueError):
+        finished = datetime.min  # unknown: the oldest
+    if finished.tzinfo is None:  # no UTC offset: taken as UTC
+        finished = finished.replace(tzinfo=timezone.utc)
+    return record["status"] == "ok", finished, str(path)
+
+
+def _row(record: dict[str, Any], path: Path) -> dict[str, Any]:
+    row = {key: record[key] for key in SCALARS}
+    for section in SECTIONS:
+        row.update(flatten(record[section] or {}, section, lists=section != "tasks"))
+    row["path"] = str(path)
+    return row
+
+
+def flatten(tree: dict[str, Any], prefix: str, lists: bool = True) -> dict[str, Any]:
+    """{a: {b: 1}} -> {prefix.a.b: 1}; without `lists`, list values (per-sample examples) are left out."""
     flat = {}
     for key, value in tree.items():
         name = f"{prefix}.{key}"
         if isinstance(value, dict):
-            flat.update(_flatten(value, name))
-        else:
+            flat.update(flatten(value, name, lists))
+        elif lists or not isinstance(value, list):
             flat[name] = value
     return flat
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from harness import cluster, compress, data, models, results
+from harness import cluster, compress, data, loggers, models, progress, results
 from harness.claims import Lock
 from harness.config import ConfigError, Experiment
 from harness.methods import load_method
@@ -48,6 +48,7 @@ def plan(cfg) -> tuple[Experiment, Any, dict[str, dict[str, Any]]]:
 def resolve(cfg) -> tuple[Experiment, Any, dict[str, dict[str, Any]]]:
     """The experiment, its method and task settings, without reading the model (which may not be here yet)."""
     exp = Experiment.from_config(cfg)
+    loggers.settings(exp.config.pop("logger", None))  # how a run is reported is not what it is: not in the run id
     method_cfg = dict(exp.config["method"])
     method = load_method(method_cfg.pop("name"), method_cfg)
     method.check(exp.compression)
@@ -67,6 +68,7 @@ def check_calibration(calib: dict[str, Any]) -> None:
 def run(cfg) -> dict[str, Any] | None:
     """Run one experiment unless its ok record exists; None if another process is running it now."""
     exp, method, specs = plan(cfg)
+    logger = loggers.settings(cfg.get("logger"))
     rid = results.run_id(exp.config)
     previous = results.reusable(exp.results_dir, rid, exp.force, exp.rerun_stale)
     if previous:
@@ -77,13 +79,14 @@ def run(cfg) -> dict[str, Any] | None:
         return None
     try:
         claim.start_heartbeat()
-        return results.reusable(exp.results_dir, rid, exp.force, exp.rerun_stale) or _run_claimed(exp, rid, method, specs)
+        return results.reusable(exp.results_dir, rid, exp.force, exp.rerun_stale) or _run_claimed(exp, rid, method, specs, logger)
     finally:
         claim.release()
 
 
-def _run_claimed(exp: Experiment, rid: str, method, specs) -> dict[str, Any]:
-    record = {"run_id": rid, "config": exp.config, "started_at": results.now(), "env": results.environment(),
+def _run_claimed(exp: Experiment, rid: str, method, specs, logger) -> dict[str, Any]:
+    record = {"schema_version": results.SCHEMA_VERSION, "run_id": rid, "latency": None, "config": exp.config,
+              "started_at": results.now(), "env": results.environment(),
               "job": cluster.job_info(), "attempt": results.attempts(exp.results_dir, rid) + 1}
     log.info("run %s started: attempt %d, job %s", rid, record["attempt"], record["job"])
     watch = Stopwatch()
@@ -104,6 +107,7 @@ def _run_claimed(exp: Experiment, rid: str, method, specs) -> dict[str, Any]:
             record["finished_at"] = results.now()
             path = results.write(exp.results_dir, record, force=exp.force)
             log.info("run %s %s: %s", rid, record["status"], path)
+            loggers.log_run(logger, record, path)
     return record
 
 
@@ -120,6 +124,7 @@ def execute(exp: Experiment, method, specs, watch: Stopwatch) -> dict[str, Any]:
             calib = exp.config["calib"]
             data_path = exp.config["data_paths"].get(calib["dataset"])
             calibration = data.calibration_windows(tokenizer, **calib, data_path=data_path)
+    progress.route_library_bars()  # after the tokenizer and tasks are prepared: they import what draws bars
     # A calibrated method keeps the model in CPU memory and moves one block at a time to the device.
     with watch.time("load_s"):
         home = "cpu" if method.needs_calibration else exp.device

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from harness.data import load_corpus
+from harness.progress import progress
 
 
 class Perplexity:
@@ -61,7 +62,7 @@ class Perplexity:
     def evaluate(self, model) -> tuple[dict[str, float], dict[str, Any]]:
         device = next(model.parameters()).device
         total_nll = 0.0
-        for window in self.tokens.split(self.spec.get("batch_size", 1)):
+        for window in progress(self.tokens.split(self.spec.get("batch_size", 1)), f"{self.name} windows", unit="batch"):
             window = window.to(device)
             logits = model(window).logits[:, :-1].float()
             nll = torch.nn.functional.cross_entropy(
