@@ -61,7 +61,11 @@ def identity(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_id(config: dict[str, Any]) -> str:
-    canonical = json.dumps(identity(config), sort_keys=True, separators=(",", ":"), default=str)
+    return _hash(identity(config))
+
+
+def _hash(tree: dict[str, Any]) -> str:
+    canonical = json.dumps(tree, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -70,10 +74,12 @@ def record_path(results_dir: str, rid: str) -> Path:
 
 
 def read_record(path: Path) -> dict[str, Any]:
-    """One record file, normalized; raises CorruptRecord naming the file and what is wrong with it
-    (FileNotFoundError if there is none)."""
+    """One record file as written, checked by `normalize`; raises CorruptRecord naming the file and
+    what is wrong with it (FileNotFoundError if there is none)."""
     try:
-        return normalize(json.loads(Path(path).read_bytes()))
+        record = json.loads(Path(path).read_bytes())
+        normalize(record)
+        return record
     except FileNotFoundError:
         raise
     except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -232,6 +238,10 @@ def normalize(record: Any) -> dict[str, Any]:
     for section in SECTIONS:
         if not isinstance(record.get(section) or {}, dict):
             raise ValueError(f"not a record: its {section} is a JSON {type(record[section]).__name__}, not an object")
+    if version == 0 and isinstance(record.get("config"), dict) and record["run_id"] == _hash(record["config"]):
+        # Version 0 hashed every config key into the run id; today's id hashes what changes the result,
+        # so an old record is found again as the same experiment as a new one.
+        record = record | {"run_id": run_id(record["config"])}
     return EMPTY_RECORD | record
 
 
@@ -254,7 +264,7 @@ def load(paths: str | os.PathLike | Iterable[str | os.PathLike] = "results", err
     skipped: list[LoadError] = []
     for path in _record_files(folders):
         try:
-            record = read_record(path)
+            record = normalize(read_record(path))
         except (CorruptRecord, OSError) as err:
             skipped.append(LoadError(str(path), err.reason if isinstance(err, CorruptRecord) else _reason(err)))
             log.warning("skipped record %s: %s", path, skipped[-1].reason)

@@ -58,7 +58,8 @@ def test_a_record_from_before_the_schema_version_loads_into_todays_columns(tmp_p
     assert old_row["config.bits"] == 4 and old_row["stats.bits_per_weight"] == 4.625
     assert old_row["tasks.pydoc.seqlen"] == 256 and old_row["tasks.pydoc.predicted_tokens"] == 1020
     assert old_row[["latency.kernel", "latency.prefill_ms", "config.calib.dataset"]].isna().all()
-    assert results.normalize(old) == results.EMPTY_RECORD | old  # nothing renamed: only what it lacks is added
+    # Nothing renamed: only what it lacks is added, and its all-keys run id becomes today's identity hash.
+    assert results.normalize(old) == results.EMPTY_RECORD | old | {"run_id": new["run_id"]}
     both = results.load([tmp_path / "old", tmp_path / "new"])
     assert len(both) == 1 and both.loc[0, "copies"] == 2  # one experiment, one row
     both.to_parquet(tmp_path / "all.parquet")
