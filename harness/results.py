@@ -54,13 +54,15 @@ def write(results_dir: str, record: dict[str, Any]) -> Path:
     return path
 
 
-def load(results_dir: str = "results") -> pd.DataFrame:
-    """One row per run: run_id, status, error, and config.*, metrics.*, stats.*, timings.*, env.* columns."""
+def load(paths: str | Path | list[str | Path] = "results") -> pd.DataFrame:
+    """One row per run of one results folder or a list of them: run_id, status, error, and config.*,
+    metrics.*, stats.*, timings.*, env.*, latency.* columns."""
+    folders = [paths] if isinstance(paths, (str, Path)) else list(paths)
     rows = []
-    for path in sorted((Path(results_dir) / RUNS).glob("*.json")):
+    for path in sorted(p for folder in folders for p in (Path(folder) / RUNS).glob("*.json")):
         record = json.loads(path.read_text())
         row = {key: record.get(key) for key in ("run_id", "status", "error", "finished_at")}
-        for section in ("config", "metrics", "stats", "timings", "env"):
+        for section in ("config", "metrics", "stats", "timings", "env", "latency"):
             row.update(_flatten(record.get(section) or {}, section))
         rows.append(row)
     return pd.DataFrame(rows)
