@@ -13,7 +13,7 @@ from harness.table import Board, missing
 FILTERS = ("model", "method", "bits", "sparsity", "pattern", "eval")
 VERDICT_MARK = {"better": "better", "worse": "worse", "within stderr": "≈ within stderr", "same": "same"}
 KICK_COLORS = {"worse": "#d62728", "better": "#2ca02c", "within stderr": "#7f7f7f", "same": "#7f7f7f"}
-MAX_LABELS = 30  # points labeled with their setting when a plot has at most this many
+MAX_LABELS = 16  # every point is labeled with its setting when a plot has at most this many (else the front only)
 
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:20px;color:#222}
@@ -80,6 +80,7 @@ document.getElementById('search').addEventListener('input', applyFilters);
 
 def render(board: Board, sources: list[str], generated: str) -> str:
     runs = board.runs
+    records = runs.to_dict("records")  # once: pandas row access is slow
     body = [
         "<h1>Compression leaderboard</h1>",
         f"<p>{len(runs)} finished runs, {len(board.failed)} failed or interrupted, {runs['model'].nunique()} model(s), "
@@ -88,11 +89,11 @@ def render(board: Board, sources: list[str], generated: str) -> str:
         "<h2>Runs</h2>",
         _controls(runs),
         "<ul class=\"evals\">" + "".join(f"<li><b>{gid}</b>: {escape(text)}</li>" for gid, text in board.groups.items()) + "</ul>",
-        f'<div class="scroll">{_runs_table(board)}</div>',
+        f'<div class="scroll">{_runs_table(board, records)}</div>',
     ]
     colors = plots.colors(runs["method"].dropna())
     for gid in board.groups:
-        body.append(_group_section(board, gid, colors))
+        body.append(_group_section(board, gid, [run for run in records if run["eval"] == gid], colors))
     body.append(_failed_section(board.failed))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Compression leaderboard</title>"
             f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + f"\n<script>{SCRIPT}</script>\n</body></html>\n")
@@ -124,7 +125,7 @@ def _controls(runs: pd.DataFrame) -> str:
             f'<span><b id="shown">{len(runs)}</b> shown</span></div>')
 
 
-def _runs_table(board: Board) -> str:
+def _runs_table(board: Board, records: list[dict]) -> str:
     runs = board.runs
     costs = [name for name in table.COSTS.values() if runs[name].notna().any()]
     head = ['<th class="t">model</th><th class="t">setting</th><th class="t">method</th><th>bits</th><th>group</th>'
@@ -135,7 +136,7 @@ def _runs_table(board: Board) -> str:
                     f'<th title="relative change against the dense baseline">{escape(metric)} Δ</th>')
     head += [f"<th>{escape(c)}</th>" for c in costs] + ['<th class="t">baseline</th><th class="t">run</th>']
     rows = []
-    for _, run in runs.iterrows():
+    for run in records:
         data = " ".join(f'data-{c}="{escape(_text(run[c]))}"' for c in FILTERS)
         cells = [_td(run["model"]), _td(run["setting"]), _td(run["method"]), _num(run["bits"]), _num(run["group"]),
                  _num(run["sparsity"]), _td(run["pattern"]), _td(run["eval"], title=board.groups[run["eval"]])]
@@ -144,12 +145,12 @@ def _runs_table(board: Board) -> str:
         cells += [_num(run[c]) for c in costs]
         baseline = "dense" if run["dense"] else ("none" if run["baseline"] == table.NO_BASELINE else run["baseline"])
         cells += [_td(baseline, title=run["baseline"]), _td(run["run_id"])]
-        rows.append(f'<tr class="{"dense" if run["dense"] else ""}" {data}>{"".join(cells)}</tr>')
+        rows.append(f'<tr class="{"dense" if run["dense"] else ""}" data-run="{run["run_id"]}" {data}>{"".join(cells)}</tr>')
     return (f'<table id="board" class="sortable"><thead><tr>{"".join(head)}</tr></thead>'
             f'<tbody>\n{chr(10).join(rows)}\n</tbody></table>')
 
 
-def _delta(run: pd.Series, metric: str) -> str:
+def _delta(run: dict, metric: str) -> str:
     rel, verdict = run[f"{metric} rel"], run[f"{metric} vs dense"]
     if run["dense"] or not verdict:
         return '<td data-v=""></td>'
@@ -161,7 +162,7 @@ def _delta(run: pd.Series, metric: str) -> str:
     return f'<td class="{css}" data-v="{value:.6g}" title="{escape(title)}">{mark}{shown}</td>'
 
 
-def _stderr_text(run: pd.Series, metric: str) -> str:
+def _stderr_text(run: dict, metric: str) -> str:
     se = run[f"{metric} stderr"]
     return "" if missing(se) else f"standard error {se:.3g}"
 
@@ -178,14 +179,13 @@ def _num(value, title: str = "") -> str:
     return f'<td data-v="{float(value):.8g}"{t}>{escape(table.fmt(value))}</td>'
 
 
-def _group_section(board: Board, gid: str, colors: dict[str, str]) -> str:
-    runs = board.runs[board.runs["eval"] == gid]
-    metrics = [m for m in table.headline(board.metrics) if runs[m].notna().any()]
-    legend = "".join(f'<span><i style="background:{c}"></i>{escape(m)}</span>' for m, c in colors.items() if m in set(runs["method"]))
+def _group_section(board: Board, gid: str, runs: list[dict], colors: dict[str, str]) -> str:
+    metrics = [m for m in table.headline(board.metrics) if _any(runs, m)]
+    legend = "".join(f'<span><i style="background:{c}"></i>{escape(m)}</span>' for m, c in colors.items() if m in {r["method"] for r in runs})
     parts = [f"<h2>{gid}: {escape(board.groups[gid])}</h2>", f'<p class="legend">{legend} (black ring and line: Pareto front)</p>', '<div class="plots">']
     for axis, name, direction in ((table.COSTS[table.BITS_PER_WEIGHT], "effective bits per weight", -1),
                                   (table.COSTS[table.DECODE_SPEED], "decode tokens/s (batch 1)", 1)):
-        if runs[axis].notna().any():
+        if _any(runs, axis):
             parts += [plots.svg(_pareto_plot(runs, metric, axis, name, direction, colors)) for metric in metrics]
     parts.append("</div>")
     kick = _kick_plots(runs, metrics)
@@ -194,32 +194,32 @@ def _group_section(board: Board, gid: str, colors: dict[str, str]) -> str:
     return "\n".join(parts)
 
 
-def _pareto_plot(runs: pd.DataFrame, metric: str, axis: str, axis_name: str, direction: int, colors) -> plots.Plot:
-    front = table.pareto_front(runs[axis], runs[metric], direction, table.direction(metric))
+def _pareto_plot(runs: list[dict], metric: str, axis: str, axis_name: str, direction: int, colors) -> plots.Plot:
+    front = table.pareto_front([_float(r[axis]) for r in runs], [_float(r[metric]) for r in runs], direction, table.direction(metric))
     label_all = len(runs) <= MAX_LABELS
     points = [plots.Point(x=_float(run[axis]), y=_float(run[metric]), color=colors.get(run["method"], "#000"),
                           tip=f"{run['setting']}: {metric} {table.fmt(run[metric])}, {axis_name} {table.fmt(run[axis])}",
                           label=run["setting"] if (on or label_all) else "", on_front=bool(on))
-              for (_, run), on in zip(runs.iterrows(), front)]
+              for run, on in zip(runs, front)]
     better = "lower" if table.is_perplexity(metric) else "higher"
     return plots.Plot(title=f"{metric} vs {axis_name}", x_label=axis_name, y_label=f"{metric} ({better} is better)", points=points)
 
 
-def _kick_plots(runs: pd.DataFrame, metrics: list[str]) -> list[str]:
+def _kick_plots(runs: list[dict], metrics: list[str]) -> list[str]:
     """Per knowledge score, each compressed run's perplexity ratio (x) and relative score change (y)."""
     perplexities = [m for m in metrics if table.is_perplexity(m)]
     knowledge = [m for m in metrics if not table.is_perplexity(m)]
-    compared = runs[~runs["dense"] & (runs["baseline"] != table.NO_BASELINE)]
-    if not perplexities or not knowledge or compared.empty:
+    compared = [r for r in runs if not r["dense"] and r["baseline"] != table.NO_BASELINE]
+    if not perplexities or not knowledge or not compared:
         return []
     ppl = perplexities[0]
     out = []
     for metric in knowledge:
-        if compared[f"{metric} rel"].notna().sum() == 0:
+        if not _any(compared, f"{metric} rel"):
             out.append(f'<p class="empty">{escape(metric)}: the dense baseline scores 0, so no relative change.</p>')
             continue
         points = []
-        for _, run in compared.iterrows():
+        for run in compared:
             ratio, rel, verdict = 1 + _float(run[f"{ppl} rel"]), 100 * _float(run[f"{metric} rel"]), run[f"{metric} vs dense"]
             points.append(plots.Point(
                 x=ratio, y=rel, color=KICK_COLORS.get(verdict, "#000"), hollow=verdict == "within stderr",
@@ -239,6 +239,10 @@ def _failed_section(failed: pd.DataFrame) -> str:
     return (f"<h2>Failed runs ({len(failed)})</h2><table id=\"failed\" class=\"sortable\"><thead><tr><th class=\"t\">run</th>"
             "<th class=\"t\">model</th><th class=\"t\">setting</th><th class=\"t\">status</th><th class=\"t\">error</th>"
             f"<th class=\"t\">finished</th></tr></thead><tbody>{rows}</tbody></table>")
+
+
+def _any(runs: list[dict], column: str) -> bool:
+    return any(not missing(r[column]) for r in runs)
 
 
 def _float(value) -> float:

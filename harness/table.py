@@ -24,7 +24,7 @@ IDENTITY = {
 COSTS = {
     "stats.bits_per_weight": "bits/w",
     "stats.sparsity": "achieved sparsity",
-    "stats.size_bytes": "size bytes",
+    "stats.compressed_bytes": "size bytes",
     "timings.compress_s": "compress s",
     "stats.calib_peak_cuda_bytes": "calib peak bytes",
     "latency.decode_tokens_per_s.1": "decode tok/s (batch 1)",
@@ -83,7 +83,7 @@ def headline(metrics: list[str]) -> list[str]:
     return [m for m in metrics if not any(m.startswith(other + "/") for other in metrics)]
 
 
-def setting(row: pd.Series) -> str:
+def setting(row: dict) -> str:
     """'gptq w3g64', 'sparsegpt 2:4 w4g64', 'magnitude 50%', 'none'."""
     parts = [row["config.method.name"]]
     pattern = row.get("config.sparsity_pattern")
@@ -112,10 +112,9 @@ def eval_keys(df: pd.DataFrame) -> pd.Series:
     """Per run, the text of its evaluation settings (EVAL_KEY); runs with the same text are comparable."""
     columns = eval_columns(df)
 
-    def key(row: pd.Series) -> str:
-        return ";".join(f"{c.removeprefix('config.')}={_canonical(row[c])}" for c in columns if not missing(row[c]))
-
-    return df.apply(key, axis=1) if len(df) else pd.Series(dtype=str)
+    keys = [";".join(f"{c.removeprefix('config.')}={_canonical(row[c])}" for c in columns if not missing(row[c]))
+            for row in df[columns].to_dict("records")]
+    return pd.Series(keys, index=df.index, dtype=object)
 
 
 def missing(value) -> bool:
@@ -153,7 +152,7 @@ def tabulate(df: pd.DataFrame) -> Board:
     metrics = scores(ok)
     ok["eval_key"] = eval_keys(ok)
     ids = {key: f"E{i + 1}" for i, key in enumerate(sorted(ok.eval_key.unique()))}
-    groups = {ids[key]: _describe(ok[ok.eval_key == key].iloc[0]) for key in ids}
+    groups = {ids[key]: _describe(ok[ok.eval_key == key].iloc[0].to_dict()) for key in ids}
     runs = _identity(ok)
     runs["eval"] = ok.eval_key.map(ids)
     runs["dense"] = is_dense(ok).to_numpy()
@@ -171,7 +170,7 @@ def _identity(ok: pd.DataFrame) -> pd.DataFrame:
     runs = pd.DataFrame({"run_id": ok["run_id"]})
     for column, name in IDENTITY.items():
         runs[name] = ok[column] if column in ok else None
-    runs["setting"] = ok.apply(setting, axis=1) if len(ok) else []
+    runs["setting"] = [setting(row) for row in ok.to_dict("records")]
     for column, name in COSTS.items():
         runs[name] = pd.to_numeric(ok[column], errors="coerce") if column in ok else np.nan
     runs["finished_at"] = ok.get("finished_at")
@@ -212,11 +211,11 @@ def _compare(runs: pd.DataFrame, ok: pd.DataFrame, base: pd.DataFrame, metric: s
 def _failed(failed: pd.DataFrame) -> pd.DataFrame:
     columns = {"run_id": "run_id", "config.model.name": "model", "status": "status", "error": "error", "finished_at": "finished_at"}
     table = pd.DataFrame({name: failed[c] if c in failed else None for c, name in columns.items()})
-    table.insert(2, "setting", failed.apply(setting, axis=1) if len(failed) else [])
+    table.insert(2, "setting", [setting(row) for row in failed.to_dict("records")])
     return table.reset_index(drop=True)
 
 
-def _describe(row: pd.Series) -> str:
+def _describe(row: dict) -> str:
     """A short label of an evaluation key: model, tasks and the top-level caps."""
     tasks = row.get("config.tasks")
     parts = [str(row.get("config.model.name")), ",".join(tasks) if isinstance(tasks, (list, tuple)) else str(tasks)]
@@ -259,7 +258,7 @@ def markdown(board: Board) -> str:
         costs = [c for c in COSTS.values() if runs[c].notna().any()]
         head = ["setting", *metrics, *costs]
         lines += [f"### {gid}: {description}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for _, run in runs.iterrows():
+        for run in runs.to_dict("records"):
             cells = [run["setting"] + (" (dense)" if run["dense"] else "")]
             cells += [_cell(run, m) for m in metrics] + [fmt(run[c]) for c in costs]
             lines.append("| " + " | ".join(cells) + " |")
@@ -270,14 +269,14 @@ def markdown(board: Board) -> str:
     lines += ["Change against the dense baseline in parentheses; `~` marks a change within the combined standard error.", ""]
     if len(board.failed):
         lines += ["### Failed runs", "", "| run | model | setting | status | error |", "|---|---|---|---|---|"]
-        for _, run in board.failed.iterrows():
+        for run in board.failed.to_dict("records"):
             error = str(run["error"]).replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| {run.run_id} | {run.model} | {run.setting} | {run.status} | {error} |")
+            lines.append(f"| {run['run_id']} | {run['model']} | {run['setting']} | {run['status']} | {error} |")
         lines.append("")
     return "\n".join(lines)
 
 
-def _cell(run: pd.Series, metric: str) -> str:
+def _cell(run: dict, metric: str) -> str:
     value = run[metric]
     if missing(value):
         return ""

@@ -33,7 +33,7 @@ def record(model="m", method="rtn", bits=4, sparsity=0.0, pattern="unstructured"
     rec = {
         "config": config, "status": status, "error": error, "started_at": finished_at, "finished_at": finished_at,
         "env": {"host": "synthetic"}, "metrics": metrics,
-        "stats": {"bits_per_weight": bpw, "sparsity": sparsity} if status == "ok" else {},
+        "stats": {"bits_per_weight": bpw, "sparsity": sparsity, "compressed_bytes": int(bpw * 1e6 / 8)} if status == "ok" else {},
         "timings": {"compress_s": 0.0 if dense else 1.5}, "tasks": {},
     }
     if decode is not None:

@@ -5,6 +5,6 @@ set -u
 if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then exit 0; fi
 SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO="sudo -n"
 $SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq \
-  && DEBIAN_FRONTEND=noninteractive $SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -qq chromium chromium-driver >/dev/null \
+  && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq chromium chromium-driver >/dev/null \
   || echo "install_chromium.sh: could not install chromium (the browser test will skip)" >&2
 exit 0
