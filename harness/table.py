@@ -24,11 +24,12 @@ IDENTITY = {
 COSTS = {
     "stats.bits_per_weight": "bits/w",
     "stats.sparsity": "achieved sparsity",
-    "stats.compressed_bytes": "size bytes",
+    "stats.compressed_bytes": "size MiB",
     "timings.compress_s": "compress s",
-    "stats.calib_peak_cuda_bytes": "calib peak bytes",
+    "stats.calib_peak_cuda_bytes": "calib peak MiB",
     "latency.decode_tokens_per_s.1": "decode tok/s (batch 1)",
 }
+IN_MIB = {"stats.compressed_bytes", "stats.calib_peak_cuda_bytes"}  # recorded in bytes
 BITS_PER_WEIGHT = "stats.bits_per_weight"
 DECODE_SPEED = "latency.decode_tokens_per_s.1"
 
@@ -172,7 +173,7 @@ def _identity(ok: pd.DataFrame) -> pd.DataFrame:
         runs[name] = ok[column] if column in ok else None
     runs["setting"] = [setting(row) for row in ok.to_dict("records")]
     for column, name in COSTS.items():
-        runs[name] = pd.to_numeric(ok[column], errors="coerce") if column in ok else np.nan
+        runs[name] = pd.to_numeric(ok[column], errors="coerce") / (2**20 if column in IN_MIB else 1) if column in ok else np.nan
     runs["finished_at"] = ok.get("finished_at")
     return runs
 
@@ -291,6 +292,9 @@ def fmt(value) -> str:
     if missing(value):
         return ""
     value = float(value)
-    if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+    if value.is_integer() and abs(value) < 1e6:
+        return f"{value:.0f}"
+    if value != 0 and (abs(value) >= 1e6 or abs(value) < 1e-3):
         return f"{value:.3g}"
-    return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+    decimals = 3 if abs(value) < 1 else 2 if abs(value) < 100 else 1 if abs(value) < 1000 else 0
+    return f"{value:,.{decimals}f}"

@@ -2,6 +2,7 @@
 verdicts, Pareto fronts against a brute-force definition, failed runs apart, and the CLI's files."""
 import itertools
 import math
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -131,17 +132,16 @@ def test_cli_writes_page_csv_and_markdown(tmp_path):
     assert "### E1: model-0" in (out / "leaderboard.md").read_text()
 
 
-def test_cli_rejects_a_folder_without_runs(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "harness.leaderboard", str(tmp_path), "--out", str(tmp_path / "site")],
-                          capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 2 and done.stderr.startswith("error: no runs/ folder in")
+def test_cli_rejects_a_folder_without_runs(tmp_path, capsys):
+    assert leaderboard.main([str(tmp_path), "--out", str(tmp_path / "site")]) == 2
+    assert capsys.readouterr().err.startswith("error: no runs/ folder in")
     assert not (tmp_path / "site").exists()
 
 
-def test_results_table_script_prints_the_same_table(tmp_path):
+def test_results_table_script_prints_the_same_table(tmp_path, capsys):
     for rec in grid(20):
         results.write(tmp_path, rec)
-    done = subprocess.run([sys.executable, "benchmarks/results_table.py", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == table.markdown(table.tabulate(results.load(tmp_path))).strip()
-    assert "model-3" in done.stdout
+    runpy.run_path(str(ROOT / "benchmarks" / "results_table.py"), run_name="results_table")["main"]([str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert printed.strip() == table.markdown(table.tabulate(results.load(tmp_path))).strip()
+    assert "model-3" in printed
