@@ -101,8 +101,8 @@ def setting(row: dict) -> str:
     return " ".join(parts)
 
 
-def _number(value, missing: float = 0.0) -> float:
-    return missing if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+def _number(value, default: float = 0.0) -> float:
+    return default if missing(value) else float(value)
 
 
 def eval_columns(df: pd.DataFrame) -> list[str]:
@@ -112,7 +112,6 @@ def eval_columns(df: pd.DataFrame) -> list[str]:
 def eval_keys(df: pd.DataFrame) -> pd.Series:
     """Per run, the text of its evaluation settings (EVAL_KEY); runs with the same text are comparable."""
     columns = eval_columns(df)
-
     keys = [";".join(f"{c.removeprefix('config.')}={_canonical(row[c])}" for c in columns if not missing(row[c]))
             for row in df[columns].to_dict("records")]
     return pd.Series(keys, index=df.index, dtype=object)
