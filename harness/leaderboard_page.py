@@ -33,7 +33,7 @@ svg.plot{border:1px solid #eee;background:#fff}
 svg .title{font-size:13px;text-anchor:middle;font-weight:600}
 svg .tick{font-size:10px;text-anchor:middle;fill:#555}svg .tick.y{text-anchor:end}
 svg .axis-label{font-size:11.5px;text-anchor:middle}
-svg .label{font-size:9.5px;fill:#333}
+svg .label{font-size:9.5px;fill:#333}svg .label.end{text-anchor:end}
 svg .frame{fill:none;stroke:#bbb}svg .grid{stroke:#eee}svg .ref{stroke:#999;stroke-dasharray:4 3}
 svg .front{fill:none;stroke:#000;stroke-width:1.2}svg circle.on-front{stroke:#000;stroke-width:1.5}
 svg circle{fill-opacity:.8}

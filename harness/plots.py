@@ -33,11 +33,12 @@ class Plot:
 
 
 class Axis:
-    """Maps data values to pixels; log scale when every value is positive and they span two decades."""
+    """Maps data values to pixels; log scale when every value is positive and the largest is 20 times the
+    smallest (perplexities of broken runs, perplexity ratios)."""
 
     def __init__(self, values: list[float], lo_px: float, hi_px: float, log: bool | None = None):
         if log is None:
-            log = min(values) > 0 and max(values) / min(values) >= 100
+            log = min(values) > 0 and max(values) / min(values) >= 20
         self.log = log
         f = math.log10 if log else float
         lo, hi = f(min(values)), f(max(values))
@@ -87,8 +88,10 @@ def svg(plot: Plot) -> str:
         ring = ' class="on-front"' if p.on_front else ""
         parts.append(f'<circle{ring} cx="{x(p.x):.1f}" cy="{y(p.y):.1f}" r="4.5" fill="{fill}" stroke="{p.color}">'
                      f"<title>{escape(p.tip)}</title></circle>")
-        if p.label:
-            parts.append(f'<text class="label" x="{x(p.x) + 6:.1f}" y="{y(p.y) - 5:.1f}">{escape(p.label)}</text>')
+        if p.label:  # right of the point, or left of it in the plot's right third
+            left = x(p.x) > LEFT + (WIDTH - LEFT - RIGHT) * 2 / 3
+            parts.append(f'<text class="label{" end" if left else ""}" x="{x(p.x) + (-6 if left else 6):.1f}" '
+                         f'y="{y(p.y) - 5:.1f}">{escape(p.label)}</text>')
     parts.append(f'<text class="axis-label" x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 8}">{escape(plot.x_label)}{" (log)" if x.log else ""}</text>')
     parts.append(f'<text class="axis-label" transform="translate(14 {(TOP + HEIGHT - BOTTOM) / 2}) rotate(-90)">'
                  f'{escape(plot.y_label)}{" (log)" if y.log else ""}</text>')
