@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from harness import compress, data, models, results
+from harness import compress, data, latency, models, results
 from harness.config import ConfigError, Experiment
 from harness.methods import load_method
 from harness.tasks import build as build_task
@@ -46,6 +46,7 @@ def plan(cfg) -> tuple[Experiment, Any, dict[str, dict[str, Any]]]:
     else:
         exp.config["calib"] = None  # not part of what this experiment is
     exp.config["task_specs"] = resolve_specs(exp.config["tasks"], exp.config)
+    latency.settle(exp.config)
     compress.check_shapes(compress.compressible_layers(models.skeleton(exp.config["model"])), exp.compression)
     return exp, method, exp.config["task_specs"]
 
@@ -109,4 +110,8 @@ def execute(exp: Experiment, method, specs, watch: Stopwatch) -> dict[str, Any]:
             task_metrics, task_info[task.name] = task.evaluate(model)
         metrics.update(task_metrics)
         log.info("%s: %s", task.name, task_metrics)
-    return {"metrics": metrics, "stats": stats, "tasks": task_info}
+    timed = {}
+    if exp.config.get("latency"):
+        with watch.time("latency_s"):
+            timed["latency"] = latency.measure_run(model, exp.compression, exp.config["method"], exp.config)
+    return {"metrics": metrics, "stats": stats, "tasks": task_info, **timed}
