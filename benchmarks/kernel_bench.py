@@ -34,23 +34,25 @@ LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32
                  num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, rope_theta=500000.0)
 
 
-def graph_time_us(fns) -> float:
+def graph_time_us(fns, warmup_ms: int = 25) -> float:
     """Median time of one call, the calls cycling through `fns`, inside a CUDA graph."""
     reps = max(20, len(fns))
     calls = [fns[i % len(fns)] for i in range(reps)]
     for f in fns[:2]:
         f()
     replay = latency.graphed(lambda: [f() for f in calls])
-    return triton.testing.do_bench(replay, warmup=25, rep=100, return_mode="median") * 1e3 / reps
+    return triton.testing.do_bench(replay, warmup=warmup_ms, rep=100, return_mode="median") * 1e3 / reps
 
 
 def copy_bandwidth() -> float:
+    """Device-to-device copy of 2 GiB, bytes read + written; a long warm-up lets the clocks rise first."""
     a = torch.empty(2**30, dtype=torch.bfloat16, device="cuda").normal_()
     b = torch.empty_like(a)
-    t = graph_time_us([lambda: b.copy_(a)])
+    t = graph_time_us([lambda: b.copy_(a)], warmup_ms=1000)
     return 2 * a.numel() * 2 / t / 1e3  # GB/s
 
 
+@torch.no_grad()
 def make_layer(kind: str, bits: int, n: int, k: int, group: int, seed: int):
     """(module, float32 reference weight) for one backend."""
     g = torch.Generator(device="cuda").manual_seed(seed)
@@ -78,6 +80,7 @@ def rel_err(out, ref) -> float:
     return ((out.float() - ref).norm() / ref.norm()).item()
 
 
+@torch.no_grad()
 def layer_table(args, bandwidth) -> list[dict]:
     rows, base = [], {}
     kinds = ["bf16"] + [f"w{b}g{args.group_size}" for b in args.bits] + ["nf4", "2:4"]
@@ -186,6 +189,7 @@ def main(argv=None) -> None:
     print(f"copy bandwidth {bandwidth:.0f} GB/s", flush=True)
     rows = [] if args.no_layers else layer_table(args, bandwidth)
     e2e = [] if args.no_e2e else end_to_end(args)
+    print(f"copy bandwidth again at the end {copy_bandwidth():.0f} GB/s", flush=True)
     table = markdown(rows, e2e, bandwidth)
     print(table)
     if args.out:

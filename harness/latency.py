@@ -123,6 +123,15 @@ def new_cache(model: nn.Module, length: int):
     return StaticCache(config=model.config, max_cache_len=length)
 
 
+def rewind(cache, length: int) -> None:
+    """Set how many positions the static cache holds. transformers 5 keeps that count in a device tensor
+    per layer (cumulative_length, which decides where the next keys go; cache_position is not used), so
+    a graph replay advances it like an eager call does."""
+    for layer in cache.layers:
+        if hasattr(layer, "cumulative_length"):
+            layer.cumulative_length.fill_(length)
+
+
 @torch.no_grad()
 def prefill_latency_ms(model: nn.Module, prompt_len: int, repeats: int = 5) -> float:
     """Median over `repeats` graph replays of one batch-1 forward of `prompt_len` tokens."""
@@ -132,6 +141,7 @@ def prefill_latency_ms(model: nn.Module, prompt_len: int, repeats: int = 5) -> f
     positions = torch.arange(prompt_len, device=device)
 
     def step():
+        rewind(cache, 0)
         model(input_ids=ids, past_key_values=cache, cache_position=positions, position_ids=positions[None], use_cache=True)
 
     step()
@@ -159,4 +169,5 @@ def decode_tokens_per_s(model: nn.Module, batch: int, prompt_len: int, steps: in
     step()  # eager: tunes and compiles every kernel for this batch
     replay = graphed(step)
     position.fill_(prompt_len)
+    rewind(cache, prompt_len)
     return batch * steps / (elapsed_ms(replay, steps) / 1e3)

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.gpu
 TOL = 1e-2
 
 
+@torch.no_grad()
 def packed(bits, group, symmetric, n, k):
     linear = torch.nn.Linear(k, n, bias=True, device="cuda", dtype=torch.bfloat16)
     linear.weight.copy_(fake_quantize(torch.randn(n, k, device="cuda") / k**0.5, QuantFormat(bits, group, symmetric)))
@@ -34,6 +35,7 @@ def check(out, x, weight, bias=None):
 
 @pytest.mark.parametrize("bits,group,symmetric,n,k", [(4, 128, False, 300, 512), (3, 64, True, 257, 384)])
 @pytest.mark.parametrize("m", [1, 3, 16, 300])
+@torch.no_grad()
 def test_every_intq_configuration(bits, group, symmetric, n, k, m):
     layer = packed(bits, group, symmetric, n, k)
     weight = layer.dequantized()
@@ -45,6 +47,7 @@ def test_every_intq_configuration(bits, group, symmetric, n, k, m):
 @pytest.mark.parametrize("bits,group,symmetric,n,k", [(2, 32, False, 100, 256), (8, -1, True, 130, 576), (3, -1, False, 77, 1000),
                                                       (4, 256, True, 64, 4096), (2, 128, False, 4096, 14336)])
 @pytest.mark.parametrize("m", [1, 2, 16, 40, 2048])
+@torch.no_grad()
 def test_intq_tuned_path(bits, group, symmetric, n, k, m):
     layer = packed(bits, group, symmetric, n, k)
     x = torch.randn(m, 2 * k, device="cuda", dtype=torch.bfloat16)[:, :k]  # rows strided, as a slice of a wider tensor
@@ -52,6 +55,7 @@ def test_intq_tuned_path(bits, group, symmetric, n, k, m):
 
 
 @pytest.mark.parametrize("m", [1, 16, 100])
+@torch.no_grad()
 def test_two_four_and_nf4(m):
     k, n = 512, 384
     w = torch.randn(n, k, device="cuda") / k**0.5
