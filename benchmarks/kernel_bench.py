@@ -71,8 +71,8 @@ def make_layer(kind: str, bits: int, n: int, k: int, group: int, seed: int):
         layer = nf4.FourBitLinear(linear, 64, "nf4")
         return layer, layer.dequantized()
     linear.weight.copy_(fake_quantize(w, fmt))
-    layer, misfit = intq.PackedLinear.from_linear(linear, bits, group)
-    assert misfit <= kernels.MISFIT_LIMIT, misfit
+    layer, error = intq.PackedLinear.from_linear(linear, bits, group)
+    assert error <= kernels.WEIGHT_ERROR_LIMIT, error
     return layer, layer.dequantized()
 
 

@@ -4,8 +4,9 @@ on the large-batch path, which dequantizes one layer into a scratch buffer and c
 
 Packing format (version `KERNEL_VERSION`)
 -----------------------------------------
-A weight W [N out, K in] is stored as integer codes q in [0, 2^bits) with a float16 scale s and a
-float16 offset b per (row, group) of `group_size` consecutive input columns:  W[n, k] = q * s + b.
+A weight W [N out, K in] is stored as integer codes q in [0, 2^bits) with a scale s and an offset b
+per (row, group) of `group_size` consecutive input columns:  W[n, k] = q * s + b  (s and b float16;
+float32 at 8 bits, where a float16 scale's rounding times codes up to 255 would exceed bf16's).
 (Symmetric and asymmetric grids, integer or float zero points, are all this one affine form:
 b = -zero * s.) The K axis is cut into tiles of TILE = 32 * WORDS consecutive columns, each tile
 inside one group: WORDS = min(4, group_size / 32) (per channel: 4; K is then zero-padded to a whole
@@ -22,9 +23,9 @@ per field, with the shift amount a compile-time constant per field.
 
 Kernels
 -------
-  * decode (M <= 4 tokens): a split-K GEMV on CUDA cores. Per group it accumulates sum(q * x) and
-    sum(x), then applies s and b once: sum_k (q s + b) x = s sum q x + b sum x.
-  * small batches and prefill: a tiled GEMM; each tile is unpacked, dequantized to bf16 in registers
+  * decode (M <= 16 tokens): a split-K GEMV on CUDA cores. Per word it accumulates sum(q * x) and
+    sum(x) over the word's fields, then applies s and b once: sum_k (q s + b) x = s sum q x + b sum x.
+  * small batches (from 5 tokens) and prefill: a tiled GEMM; each tile is unpacked, dequantized to bf16 in registers
     and multiplied on tensor cores (tl.dot), fp32 accumulation, split-K when the grid is small.
   * large batches: dequantize the layer to a bf16 scratch buffer, then torch.matmul (cuBLAS); for
     each shape the faster of this and the fused GEMM is picked by timing both at first use.
@@ -50,6 +51,7 @@ NAME = "triton-intq"
 KERNEL_VERSION = "1"
 PLANES = {2: (2,), 3: (2, 1), 4: (4,), 8: (8,)}
 SUPPORTED_BITS = tuple(PLANES)
+REFITS = 2
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,12 @@ class Layout:
             raise ValueError(reason or f"group_size={group_size} does not divide in_features={in_features}")
         words = 4 if group_size == -1 else min(4, group_size // 32)
         return cls(bits, in_features, group_size, words)
+
+    @property
+    def param_dtype(self) -> torch.dtype:
+        """Scale and offset storage: float16, except at 8 bits, where codes up to 255 would multiply a
+        float16 scale's rounding past the bf16 rounding of the weights themselves."""
+        return torch.float32 if self.bits == 8 else torch.float16
 
     @property
     def tile(self) -> int:
@@ -139,10 +147,10 @@ def fit_grid(weight: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.
     The compressed model holds dequantized values s * (q - z) (rounded to its dtype). Two estimates of
     each group's step are tried: the min/max range over 2^bits - 1 (exact for round-to-nearest) and the
     smallest gap between distinct values (exact when a group does not reach both ends of its grid, as
-    after GPTQ); with the codes fixed, s and b are refitted by least squares. Also returns the misfit:
-    the worst group's max |W - (q s + b)| over what rounding explains (0.1 step, plus the 2^-8
-    relative rounding of bf16 storage). At most 1 when W is on such a grid; several when it is not
-    (a method whose weights are not group-wise uniform, e.g. AWQ's folded scales)."""
+    after GPTQ); codes and a least-squares s and b are refitted alternately, and each group keeps the
+    estimate with the smaller max error. Also returns ||W - (q s + b)|| / ||W||: about 1e-3 when W is
+    on such a grid (bf16 rounding of the stored values), a few 1e-2 and more when it is not (a method
+    whose weights are not group-wise uniform, e.g. AWQ's folded per-column scales)."""
     maxq = 2**layout.bits - 1
     w = weight.float().reshape(weight.shape[0], -1, layout.group_len if layout.group_size != -1 else weight.shape[1])
     lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
@@ -156,17 +164,20 @@ def fit_grid(weight: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.
     best = None
     for step in (by_range, by_gap):
         q = torch.round((w - lo) / step).clamp(0, maxq)
+        for _ in range(REFITS):  # codes and (s, b) alternately: fixes codes an imprecise first step put one off
+            scale, offset = _least_squares(w, q)
+            q = torch.round((w - offset) / scale).clamp(0, maxq)
         scale, offset = _least_squares(w, q)
-        scale, offset = scale.half().float(), offset.half().float()
-        allowed = 0.1 * step + 2**-8 * w.abs().amax(-1, keepdim=True) + torch.finfo(torch.float32).tiny
-        residual = (w - (q * scale + offset)).abs().amax(-1, keepdim=True) / allowed
+        scale, offset = scale.to(layout.param_dtype).float(), offset.to(layout.param_dtype).float()
+        residual = (w - (q * scale + offset)).abs().amax(-1, keepdim=True)
         if best is None:
             best = [q, scale, offset, residual]
         else:
             better = residual < best[3]
             best = [torch.where(better, new, old) for new, old in zip((q, scale, offset, residual), best)]
-    q, scale, offset, residual = best
-    return q.reshape(weight.shape).to(torch.int64), scale.squeeze(-1), offset.squeeze(-1), residual.max().item()
+    q, scale, offset, _ = best
+    error = ((w - (q * scale + offset)).norm() / w.norm().clamp(min=torch.finfo(torch.float32).tiny)).item()
+    return q.reshape(weight.shape).to(torch.int64), scale.squeeze(-1), offset.squeeze(-1), error
 
 
 def _least_squares(w: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,16 +199,16 @@ class PackedLinear(nn.Module):
         for i, plane in enumerate(pack_codes(codes, layout)):
             self.register_buffer(f"plane{i}", plane)
         pad = layout.groups - scale.shape[1]  # per channel with a padded K keeps one group
-        self.register_buffer("scale", nn.functional.pad(scale, (0, pad)).to(torch.float16).contiguous())
-        self.register_buffer("offset", nn.functional.pad(offset, (0, pad)).to(torch.float16).contiguous())
+        self.register_buffer("scale", nn.functional.pad(scale, (0, pad)).to(layout.param_dtype).contiguous())
+        self.register_buffer("offset", nn.functional.pad(offset, (0, pad)).to(layout.param_dtype).contiguous())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, bits: int, group_size: int) -> tuple["PackedLinear", float]:
-        """Pack a compressed nn.Linear; also returns fit_grid's misfit (<= 1: the packed layer is the same function)."""
+        """Pack a compressed nn.Linear; also returns fit_grid's relative weight error."""
         layout = Layout.of(bits, linear.in_features, group_size)
-        codes, scale, offset, residual = fit_grid(linear.weight.detach(), layout)
-        return cls(codes, scale, offset, layout, linear.bias), residual
+        codes, scale, offset, error = fit_grid(linear.weight.detach(), layout)
+        return cls(codes, scale, offset, layout, linear.bias), error
 
     @property
     def planes(self) -> list[torch.Tensor]:
@@ -225,21 +236,26 @@ if triton is not None:
 
     @triton.jit
     def _plane_dot(p_ptr, x_ptr, rows, row_mask, t0, t_end, T, K, TILE: tl.constexpr, P: tl.constexpr,
-                   WORDS: tl.constexpr, TT: tl.constexpr):
-        """For TT tiles from t0 of one bit plane: sum_k q_plane * x and sum_k x per (row, plane column)."""
+                   WORDS: tl.constexpr, TT: tl.constexpr, BN: tl.constexpr):
+        """For TT tiles from t0 of one bit plane, per (row, plane column j = tile * P + c, word): the sum
+        over the word's F fields of q * x, and per (plane column, word) the sum of those x. Everything
+        stays in the layout of the loaded words: one shift, mask, convert and FMA per weight, no shuffles."""
         F: tl.constexpr = 32 // P
-        j = tl.arange(0, TT * P)  # plane column j = tile * P + c
-        f = tl.arange(0, F)
+        j = tl.arange(0, TT * P)
         w = tl.arange(0, WORDS)
         tile = t0 + j // P
         live = tile < t_end
         off = rows[:, None, None] * (T * P * WORDS) + (t0 * P + j)[None, :, None] * WORDS + w[None, None, :]
         words = tl.load(p_ptr + off, mask=row_mask[:, None, None] & live[None, :, None], other=0)
-        q = (words[:, :, None, :] >> (f * P)[None, None, :, None]) & ((1 << P) - 1)
-        k = tile[:, None, None] * TILE + ((j % P) * F)[:, None, None] * WORDS + f[None, :, None] * WORDS + w[None, None, :]
-        xv = tl.load(x_ptr + k, mask=(k < K) & live[:, None, None], other=0.0).to(tl.float32)
-        part = tl.sum(tl.sum(q.to(tl.float32) * xv[None, :, :, :], axis=3), axis=2)
-        return part, tl.sum(tl.sum(xv, axis=2), axis=1), tile
+        k0 = tile[:, None] * TILE + ((j % P) * F)[:, None] * WORDS + w[None, :]  # column of field 0
+        qx = tl.zeros([BN, TT * P, WORDS], tl.float32)
+        xs = tl.zeros([TT * P, WORDS], tl.float32)
+        for f in tl.static_range(F):
+            k = k0 + f * WORDS
+            xv = tl.load(x_ptr + k, mask=live[:, None] & (k < K), other=0.0).to(tl.float32)
+            qx += ((words >> (f * P)) & ((1 << P) - 1)).to(tl.float32) * xv[None, :, :]
+            xs += xv
+        return qx, xs, tile
 
     @triton.jit
     def _gemv_kernel(x_ptr, p0_ptr, p1_ptr, s_ptr, b_ptr, out_ptr, N, K, T, tiles_per_split, n_groups,
@@ -252,22 +268,23 @@ if triton is not None:
         x_row = x_ptr + m * stride_xm
         t_begin = split * tiles_per_split
         t_end = tl.minimum(T, t_begin + tiles_per_split)
-        acc0 = tl.zeros([BN, TT * P0], tl.float32)
-        acc1 = tl.zeros([BN, TT], tl.float32)  # P1 is 0 or 1 (only W3 has a second plane)
+        acc0 = tl.zeros([BN, TT * P0, WORDS], tl.float32)
+        acc1 = tl.zeros([BN, TT, WORDS], tl.float32)  # P1 is 0 or 1 (only W3 has a second plane)
         for t0 in range(t_begin, t_end, TT):
-            part, xsum, tile = _plane_dot(p0_ptr, x_row, rows, row_mask, t0, t_end, T, K, TILE, P0, WORDS, TT)
+            qx, xs, tile = _plane_dot(p0_ptr, x_row, rows, row_mask, t0, t_end, T, K, TILE, P0, WORDS, TT, BN)
             gm = row_mask[:, None] & (tile < t_end)[None, :]
             g = rows[:, None] * n_groups + (tile // tiles_per_group)[None, :]
             s = tl.load(s_ptr + g, mask=gm, other=0.0).to(tl.float32)
-            acc0 += s * part + tl.load(b_ptr + g, mask=gm, other=0.0).to(tl.float32) * xsum[None, :]
+            b = tl.load(b_ptr + g, mask=gm, other=0.0).to(tl.float32)
+            acc0 += s[:, :, None] * qx + b[:, :, None] * xs[None, :, :]
             if P1 > 0:
-                part1, _, tile1 = _plane_dot(p1_ptr, x_row, rows, row_mask, t0, t_end, T, K, TILE, P1, WORDS, TT)
+                qx1, _, tile1 = _plane_dot(p1_ptr, x_row, rows, row_mask, t0, t_end, T, K, TILE, P1, WORDS, TT, BN)
                 g1 = rows[:, None] * n_groups + (tile1 // tiles_per_group)[None, :]
                 s1 = tl.load(s_ptr + g1, mask=row_mask[:, None] & (tile1 < t_end)[None, :], other=0.0).to(tl.float32)
-                acc1 += s1 * part1 * (1 << P0)
-        y = tl.sum(acc0, axis=1)
+                acc1 += (s1 * (1 << P0))[:, :, None] * qx1
+        y = tl.sum(tl.sum(acc0, axis=2), axis=1)
         if P1 > 0:
-            y += tl.sum(acc1, axis=1)
+            y += tl.sum(tl.sum(acc1, axis=2), axis=1)
         if PARTIAL:
             tl.store(out_ptr + (split * tl.num_programs(2) + m) * N + rows, y, mask=row_mask)
         else:
@@ -343,14 +360,14 @@ if triton is not None:
 
 # ---------------------------------------------------------------- launching and tuning
 
-GEMV_MAX_TOKENS = 4
+GEMV_MAX_TOKENS = 16
 DEQUANT_MIN_TOKENS = 256  # from here on, dequantize + cuBLAS is also tried
 # Programs wanted in flight (H200: 132 multiprocessors): the GEMV keeps bytes in flight with many
 # light programs per multiprocessor; the GEMM needs only a few waves.
 GEMV_PROGRAMS = 8 * 132
 GEMM_PROGRAMS = 4 * 132
 # (BN, TT, num_warps) for the GEMV; (BM, BN, num_warps, num_stages) for the GEMM
-GEMV_CONFIGS = [(8, 2, 4), (8, 4, 4), (16, 2, 4), (16, 4, 8), (32, 2, 8)]
+GEMV_CONFIGS = [(16, 2, 4), (16, 4, 4), (32, 2, 4), (32, 4, 8), (64, 2, 8)]
 GEMM_SMALL = [(16, 64, 4, 3), (16, 128, 4, 4), (32, 64, 4, 3)]
 GEMM_LARGE = [(64, 128, 4, 3), (128, 128, 8, 3), (128, 256, 8, 3)]
 _tuned: dict[tuple, tuple] = {}
@@ -409,10 +426,13 @@ def _run(kind: str, config: tuple, x: torch.Tensor, layer: PackedLinear) -> torc
 
 
 def candidates(m: int) -> list[tuple[str, tuple]]:
-    if m <= GEMV_MAX_TOKENS:
-        return [("gemv", c) for c in GEMV_CONFIGS]
+    """Launches to time for m tokens. Up to GEMV_MAX_TOKENS, the GEMV (one program column per token,
+    the weights re-read from L2) competes with the tensor-core GEMM."""
+    gemv = [("gemv", c) for c in GEMV_CONFIGS]
+    if m <= 4:
+        return gemv
     if m < DEQUANT_MIN_TOKENS:
-        return [("gemm", c) for c in GEMM_SMALL]
+        return (gemv if m <= GEMV_MAX_TOKENS else []) + [("gemm", c) for c in GEMM_SMALL]
     return [("gemm", c) for c in GEMM_LARGE] + [("dequant", ())]
 
 

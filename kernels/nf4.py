@@ -42,5 +42,4 @@ class FourBitLinear(nn.Module):
 def convert(linear: nn.Linear, compression, quant_type: str = "nf4") -> tuple[nn.Module, float]:
     layer = FourBitLinear(linear, compression.quant.group_size, quant_type)
     weight = linear.weight.detach().float()
-    misfit = ((layer.dequantized() - weight).abs().max() / (2**-7 * weight.abs().max())).item()
-    return layer, misfit
+    return layer, ((layer.dequantized() - weight).norm() / weight.norm()).item()

@@ -35,8 +35,8 @@ def test_packed_layer_is_the_fake_quantized_layer(bits, group, k, symmetric):
     torch.manual_seed(k)
     linear = torch.nn.Linear(k, 48)
     linear.weight.data.copy_(fake_quantize(linear.weight.data, QuantFormat(bits, group, symmetric)))
-    layer, misfit = intq.PackedLinear.from_linear(linear, bits, group)
-    assert misfit <= kernels.MISFIT_LIMIT
+    layer, error = intq.PackedLinear.from_linear(linear, bits, group)
+    assert error <= kernels.WEIGHT_ERROR_LIMIT
     w = linear.weight.data
     # float16 scale and offset: within 2^-10 of a weight's magnitude, far under one grid step
     assert (layer.dequantized() - w).abs().max() <= 2**-10 * w.abs().max()
@@ -48,13 +48,13 @@ def test_grid_fit_refuses_weights_off_the_grid():
     w = torch.randn(64, 256)
     folded = fake_quantize(w * torch.rand(256) + 0.5, QuantFormat(4, 128, False)) / (torch.rand(256) + 0.5)  # AWQ-like
     for weight in (w, folded):
-        assert intq.fit_grid(weight, intq.Layout.of(4, 256, 128))[3] > 3 * kernels.MISFIT_LIMIT
+        assert intq.fit_grid(weight, intq.Layout.of(4, 256, 128))[3] > 3 * kernels.WEIGHT_ERROR_LIMIT
 
 
 def test_gptq_like_groups_that_miss_a_grid_end_still_fit():
     w = fake_quantize(torch.randn(32, 128), QuantFormat(3, 128, False))
     w[w == w.amax(1, keepdim=True)] = 0.0  # the top code unused in every row (0 is on the grid)
-    assert intq.fit_grid(w, intq.Layout.of(3, 128, 128))[3] <= kernels.MISFIT_LIMIT
+    assert intq.fit_grid(w, intq.Layout.of(3, 128, 128))[3] <= kernels.WEIGHT_ERROR_LIMIT
 
 
 @pytest.mark.parametrize("compression,method,options,reason", [

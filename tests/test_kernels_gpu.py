@@ -22,8 +22,8 @@ TOL = 1e-2
 def packed(bits, group, symmetric, n, k):
     linear = torch.nn.Linear(k, n, bias=True, device="cuda", dtype=torch.bfloat16)
     linear.weight.copy_(fake_quantize(torch.randn(n, k, device="cuda") / k**0.5, QuantFormat(bits, group, symmetric)))
-    layer, misfit = intq.PackedLinear.from_linear(linear, bits, group)
-    assert misfit <= kernels.MISFIT_LIMIT
+    layer, error = intq.PackedLinear.from_linear(linear, bits, group)
+    assert error <= kernels.WEIGHT_ERROR_LIMIT
     return layer
 
 
