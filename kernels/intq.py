@@ -436,6 +436,14 @@ def candidates(m: int) -> list[tuple[str, tuple]]:
     return [("gemm", c) for c in GEMM_LARGE] + [("dequant", ())]
 
 
+def _time_ms(choice: tuple[str, tuple], x: torch.Tensor, layer: PackedLinear) -> float:
+    """A candidate's median time; one whose tiles do not fit the GPU's shared memory is never picked."""
+    try:
+        return triton.testing.do_bench(lambda: _run(*choice, x, layer), warmup=2, rep=10, return_mode="median")
+    except triton.runtime.errors.OutOfResources:
+        return math.inf
+
+
 def matmul(x: torch.Tensor, layer: PackedLinear) -> torch.Tensor:
     """x [M, K] bf16 @ W^T with the best tuned kernel for this shape (tuned on first eager use)."""
     if triton is None:
@@ -448,7 +456,7 @@ def matmul(x: torch.Tensor, layer: PackedLinear) -> torch.Tensor:
         if torch.cuda.is_current_stream_capturing():
             choice = options[0]  # cannot time inside a capture; callers warm up eagerly first
         else:
-            choice = min(options, key=lambda c: triton.testing.do_bench(lambda: _run(*c, x, layer), warmup=2, rep=10, return_mode="median"))
+            choice = min(options, key=lambda c: _time_ms(c, x, layer))
             _tuned[key] = choice
     return _run(*choice, x, layer)
 

@@ -8,6 +8,8 @@ a wrong code, scale or group index gives errors of order 1e-1 and above."""
 import pytest
 import torch
 
+triton = pytest.importorskip("triton")
+
 from harness import kernels, latency, models
 from harness.config import Compression
 from harness.kernels import intq, nf4, sparse24
@@ -41,7 +43,11 @@ def test_every_intq_configuration(bits, group, symmetric, n, k, m):
     weight = layer.dequantized()
     for kind, config in intq.candidates(m):
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        check(intq._run(kind, config, x, layer), x, weight)
+        try:
+            out = intq._run(kind, config, x, layer)
+        except triton.runtime.errors.OutOfResources:
+            continue  # tiles too large for this GPU's shared memory: the tuner never picks it
+        check(out, x, weight)
 
 
 @pytest.mark.parametrize("bits,group,symmetric,n,k", [(2, 32, False, 100, 256), (8, -1, True, 130, 576), (3, -1, False, 77, 1000),
