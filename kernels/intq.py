@@ -48,7 +48,7 @@ except ImportError:  # pragma: no cover - CI installs triton; a bare CPU machine
     triton = None
 
 NAME = "triton-intq"
-KERNEL_VERSION = "1"
+KERNEL_VERSION = "2"
 PLANES = {2: (2,), 3: (2, 1), 4: (4,), 8: (8,)}
 SUPPORTED_BITS = tuple(PLANES)
 REFITS = 2
