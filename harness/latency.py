@@ -55,7 +55,7 @@ def measure_run(model: nn.Module, compression: Compression, method_cfg: dict[str
     """Convert `model` (in place) to its kernels and time it; the stage's one entry point."""
     from harness import kernels
 
-    device = torch.cuda.get_device_name()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     options = {k: v for k, v in method_cfg.items() if k != "name"}
     backend, reason = kernels.choose(compression, method_cfg["name"], options)
     if backend is None:

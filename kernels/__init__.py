@@ -7,7 +7,8 @@
 
 `choose` picks the backend a compression needs, or says why none exists; `convert` swaps every
 compressed layer and refuses (ValueError) when a layer's weights are not what the backend packs, so a
-latency is never measured on weights other than the compressed model's.
+latency is never measured on weights other than the compressed model's. Each backend has
+`convert(linear, compression, method_options) -> (module, ||W_packed - W|| / ||W||)`.
 """
 from __future__ import annotations
 
@@ -51,12 +52,7 @@ def kernel_name(backend: ModuleType) -> tuple[str, str]:
 
 
 def convert_layer(backend: ModuleType, linear: nn.Linear, compression: Compression, method_options: dict) -> nn.Module:
-    if backend.__name__.endswith("intq"):
-        layer, error = backend.PackedLinear.from_linear(linear, compression.quant.bits, compression.quant.group_size)
-    elif backend.__name__.endswith("nf4"):
-        layer, error = backend.convert(linear, compression, method_options.get("quant_type", "nf4"))
-    else:
-        layer, error = backend.convert(linear, compression)
+    layer, error = backend.convert(linear, compression, method_options)
     if error > WEIGHT_ERROR_LIMIT:
         raise ValueError(f"weights are not on the {backend.NAME} grid (relative error {error:.2g} > {WEIGHT_ERROR_LIMIT})")
     return layer

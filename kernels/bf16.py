@@ -9,5 +9,5 @@ NAME = "bf16-cublas"
 KERNEL_VERSION = "torch"
 
 
-def convert(linear: nn.Linear, compression) -> tuple[nn.Module, float]:
+def convert(linear: nn.Linear, compression, method_options: dict) -> tuple[nn.Module, float]:
     return linear, 0.0

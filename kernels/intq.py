@@ -230,6 +230,10 @@ class PackedLinear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
+def convert(linear: nn.Linear, compression, method_options: dict) -> tuple[PackedLinear, float]:
+    return PackedLinear.from_linear(linear, compression.quant.bits, compression.quant.group_size)
+
+
 # ---------------------------------------------------------------- Triton kernels
 
 if triton is not None:

@@ -39,7 +39,7 @@ class FourBitLinear(nn.Module):
         return bnb.matmul_4bit(x, self.codes.t(), quant_state=self.state, bias=self.bias)
 
 
-def convert(linear: nn.Linear, compression, quant_type: str = "nf4") -> tuple[nn.Module, float]:
-    layer = FourBitLinear(linear, compression.quant.group_size, quant_type)
+def convert(linear: nn.Linear, compression, method_options: dict) -> tuple[nn.Module, float]:
+    layer = FourBitLinear(linear, compression.quant.group_size, method_options.get("quant_type", "nf4"))
     weight = linear.weight.detach().float()
     return layer, ((layer.dequantized() - weight).norm() / weight.norm()).item()

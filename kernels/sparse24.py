@@ -38,7 +38,7 @@ class SemiSparseLinear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
-def convert(linear: nn.Linear, compression) -> tuple[nn.Module, float]:
+def convert(linear: nn.Linear, compression, method_options: dict) -> tuple[nn.Module, float]:
     if not is_two_four(linear.weight):
         raise ValueError("the weight is not 2:4 sparse (more than 2 nonzeros in a block of 4 input columns)")
     return SemiSparseLinear(linear), 0.0

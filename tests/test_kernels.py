@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import kernels, latency
+from harness import compress, kernels, latency, models
 from harness.config import Compression, ConfigError
 from harness.kernels import intq
 from harness.quant import QuantFormat, fake_quantize
@@ -84,6 +84,38 @@ def test_latency_settings_checked_and_dropped_when_off():
     config = {"latency": False, "latency_prompt_len": 8, "latency_batch": 2, "device": "cpu"}
     latency.settle(config)
     assert config == {"device": "cpu"}  # quality-only runs keep their run ids
+
+
+TINY = {"name": "tiny", "random": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
+                                   "num_attention_heads": 4, "num_key_value_heads": 2}}
+
+
+@torch.no_grad()
+def test_packed_model_computes_the_compressed_model():
+    from harness.methods.rtn import RoundToNearest
+
+    model = models.load_model(TINY, "cpu", torch.float32, 0)
+    compression = Compression(QuantFormat(3, 64, False), None)
+    RoundToNearest().compress(model, compress.compressible_layers(model), compression)
+    ids = torch.randint(model.config.vocab_size, (2, 32))
+    simulated = model(ids).logits
+    backend, _ = kernels.choose(compression, "rtn", {})
+    kernels.convert(model, compress.compressible_layers(model), backend, compression, {})
+    assert not compress.compressible_layers(model)  # every compressed nn.Linear was swapped out
+    assert sum(isinstance(m, intq.PackedLinear) for m in model.modules()) == 14
+    assert ((model(ids).logits - simulated).norm() / simulated.norm()).item() < 1e-3
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("method,compression,reason", [
+    ("magnitude", Compression(None, SparsityPattern(0.5)), "only 2:4"),
+    ("awq", Compression(QuantFormat(4, 64, False), None), "not on the triton-intq grid"),  # unquantized weights stand in
+])
+def test_latency_unavailable_records_the_reason(method, compression, reason):
+    model = models.load_model(TINY, "cpu", torch.float32, 0)
+    record = latency.measure_run(model, compression, {"name": method}, {"latency_prompt_len": 8, "latency_batch": 2})
+    assert record["available"] is False and reason in record["reason"]
+    assert record["prefill_ms"] is None and record["decode_tokens_per_s"] is None
 
 
 INTERPRETED = """

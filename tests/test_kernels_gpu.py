@@ -68,7 +68,7 @@ def test_two_four_and_nf4(m):
     linear = torch.nn.Linear(k, n, bias=False, device="cuda", dtype=torch.bfloat16)
     linear.weight.copy_(w * nm_mask(w.abs(), 2, 4))
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-    check(sparse24.convert(linear, None)[0](x), x, linear.weight.float())
+    check(sparse24.convert(linear, None, {})[0](x), x, linear.weight.float())
     linear.weight.copy_(w)
     layer = nf4.FourBitLinear(linear, 64, "nf4")
     check(layer(x), x, layer.dequantized())
