@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from harness import cluster, compress, data, loggers, models, progress, results
+from harness import cluster, compress, data, latency, loggers, models, progress, results
 from harness.claims import Lock
 from harness.config import ConfigError, Experiment
 from harness.methods import load_method
@@ -57,6 +57,7 @@ def resolve(cfg) -> tuple[Experiment, Any, dict[str, dict[str, Any]]]:
     else:
         exp.config["calib"] = None  # not part of what this experiment is
     exp.config["task_specs"] = resolve_specs(exp.config["tasks"], exp.config)
+    latency.settle(exp.config)
     return exp, method, exp.config["task_specs"]
 
 
@@ -139,4 +140,9 @@ def execute(exp: Experiment, method, specs, watch: Stopwatch) -> dict[str, Any]:
             task_metrics, task_info[task.name] = task.evaluate(model)
         metrics.update(task_metrics)
         log.info("%s: %s", task.name, task_metrics)
-    return {"metrics": metrics, "stats": stats, "tasks": task_info, "model_revision": getattr(model.config, "_commit_hash", None)}
+    timed = {}
+    if exp.config.get("latency"):
+        with watch.time("latency_s"):
+            timed["latency"] = latency.measure_run(model, exp.compression, exp.config["method"], exp.config)
+    return {"metrics": metrics, "stats": stats, "tasks": task_info, **timed,
+            "model_revision": getattr(model.config, "_commit_hash", None)}

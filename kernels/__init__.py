@@ -1,2 +1,70 @@
-"""Kernel backends for latency measurement (one file per backend). None has landed yet: the spine
-measures quality only; latency with real GPU kernels comes with its own issue."""
+"""Kernel backends: each file replaces a compressed nn.Linear by its real packed form and runs it.
+
+  bf16      the dense baseline (cuBLAS)
+  intq      our Triton kernels for 2/3/4/8-bit group-wise integer weights (RTN, GPTQ, AWQ, HQQ, int8)
+  sparse24  2:4 semi-structured sparsity through torch's cuSPARSELt path
+  nf4       NF4 / FP4 through bitsandbytes
+
+`choose` picks the backend a compression needs, or says why none exists; `convert` swaps every
+compressed layer and refuses (ValueError) when a layer's weights are not what the backend packs, so a
+latency is never measured on weights other than the compressed model's. Each backend has
+`convert(linear, compression, method_options) -> (module, ||W_packed - W|| / ||W||)`.
+"""
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+from torch import nn
+
+from harness.config import Compression
+
+# Largest ||W_packed - W|| / ||W|| accepted. On-grid weights stored in bf16 give 1e-3 to 2e-3 at 2-4 bits
+# and up to ~5e-3 at 8 bits per channel (bf16's rounding is then coarser than the 8-bit grid, so such
+# weights cannot be told from off-grid ones); weights off a 2-4 bit grid give 1e-1 and more.
+WEIGHT_ERROR_LIMIT = 1e-2
+
+
+def choose(compression: Compression, method: str, method_options: dict) -> tuple[ModuleType | None, str | None]:
+    """(backend module, None) or (None, why no real kernel runs this compression)."""
+    from harness.kernels import bf16, intq, nf4, sparse24
+
+    quant, pattern = compression.quant, compression.sparsity
+    if pattern is not None and not (pattern.is_nm and (pattern.n, pattern.m) == (2, 4)):
+        return None, f"sparsity_pattern={pattern.name}: only 2:4 sparsity has a GPU kernel (cuSPARSELt)"
+    if pattern is not None and quant is not None:
+        return None, "2:4 sparse + quantized weights: no kernel for the combination yet"
+    if pattern is not None:
+        return sparse24, None
+    if quant is None:
+        return bf16, None
+    if method == "bnb" and method_options.get("quant_type", "nf4") != "int8":
+        return nf4, None
+    reason = intq.unsupported_reason(quant.bits, quant.group_size)
+    if method == "hqq" and quant.group_size != -1 and method_options.get("axis", 0) == 0:
+        reason = "method=hqq axis=0 groups strided columns, not input columns; run with method.axis=1"
+    return (None, reason) if reason else (intq, None)
+
+
+def kernel_name(backend: ModuleType) -> tuple[str, str]:
+    version = backend.kernel_version() if hasattr(backend, "kernel_version") else backend.KERNEL_VERSION
+    return backend.NAME, version
+
+
+def convert_layer(backend: ModuleType, linear: nn.Linear, compression: Compression, method_options: dict) -> nn.Module:
+    layer, error = backend.convert(linear, compression, method_options)
+    if error > WEIGHT_ERROR_LIMIT:
+        raise ValueError(f"weights are not on the {backend.NAME} grid (relative error {error:.2g} > {WEIGHT_ERROR_LIMIT})")
+    return layer
+
+
+@torch.no_grad()
+def convert(model: nn.Module, layers: dict[str, nn.Linear], backend: ModuleType, compression: Compression, method_options: dict) -> None:
+    """Replace each of `layers` (name -> module of `model`) by its packed form, in place."""
+    for name, linear in layers.items():
+        try:
+            packed = convert_layer(backend, linear, compression, method_options)
+        except ValueError as err:
+            raise ValueError(f"layer {name}: {err}") from None
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, packed)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One lent-GPU call for the kernels: install the carried wheels, then each stage named on the command
+# line, each under its own time limit so that one slow stage cannot take the others' output:
+#   tests    tests/test_kernels_gpu.py       layers   the layer sweep of benchmarks/kernel_bench.py
+#   e2e      end-to-end decode (E2E_BITS)    record   one `python -m harness ... latency=true` run
+# Carried: .whl/ (hydra-core, omegaconf, antlr4: the image lacks them) and .device/pylib (bitsandbytes,
+# its CUDA 13.0 library only). Output goes to $OUT (log, tables, the record).
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+WHEELS=${WHEELS:-.whl}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl >/dev/null 2>&1
+export PYTHONPATH=/tmp/site:$PWD/.device/pylib PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null 2>&1 || echo "editable install failed"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader
+python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
+for stage in "$@"; do
+  echo "=== $stage $(date -u +%T)"
+  case "$stage" in
+  tests)  timeout "${TESTS_S:-170}" python3 -m pytest -q -x tests/test_kernels_gpu.py 2>&1 | tail -25 ;;
+  layers) timeout "${LAYERS_S:-260}" python3 benchmarks/kernel_bench.py --no-e2e --out "$OUT/layers.md" ;;
+  e2e)    timeout "${E2E_S:-200}" python3 benchmarks/kernel_bench.py --no-layers --e2e-bits "${E2E_BITS:-4,3,2}" --out "$OUT/e2e.md" ;;
+  record)
+    timeout "${RECORD_S:-90}" python3 -m harness model=tiny-random method=rtn bits=4 group_size=32 latency=true \
+      latency_prompt_len=256 device=cuda results_dir=/tmp/records "tasks=[pydoc]" max_eval_tokens=2048 2>&1 | tail -5
+    cp /tmp/records/runs/*.json "$OUT/" 2>/dev/null
+    python3 -c "import json,glob; [print(json.dumps(json.load(open(p)).get('latency'), indent=1)) for p in glob.glob('/tmp/records/runs/*.json')]"
+    ;;
+  *) echo "unknown stage $stage" ;;
+  esac
+done

@@ -1,0 +1,145 @@
+"""Kernel backends on the CPU: the packing formats round-trip exactly, packed layers compute the
+compressed model's function, backends are chosen (or refused with a reason) before any timing, and
+the Triton kernels themselves run in Triton's CPU interpreter against the float32 reference."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness import compress, kernels, latency, models
+from harness.config import Compression, ConfigError
+from harness.kernels import intq
+from harness.quant import QuantFormat, fake_quantize
+from harness.sparsity import SparsityPattern
+
+LAYOUTS = [(2, 32, 256), (3, 64, 192), (3, -1, 200), (4, 128, 512), (8, -1, 576), (8, 256, 512)]
+
+
+@pytest.mark.parametrize("bits,group,k", LAYOUTS)
+def test_packing_round_trips_exactly(bits, group, k):
+    layout = intq.Layout.of(bits, k, group)
+    codes = torch.randint(0, 2**bits, (37, k), generator=torch.Generator().manual_seed(bits + k))
+    codes[0] = 2**bits - 1  # every bit set: the sign bit of the int32 words
+    planes = intq.pack_codes(codes, layout)
+    assert [p.dtype for p in planes] == [torch.int32] * len(intq.PLANES[bits])
+    assert sum(p.numel() for p in planes) * 32 == 37 * layout.padded_in * bits  # exactly `bits` bits a weight
+    assert torch.equal(intq.unpack_codes(planes, layout), codes)
+
+
+@pytest.mark.parametrize("bits,group,k", LAYOUTS)
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_packed_layer_is_the_fake_quantized_layer(bits, group, k, symmetric):
+    torch.manual_seed(k)
+    linear = torch.nn.Linear(k, 48)
+    linear.weight.data.copy_(fake_quantize(linear.weight.data, QuantFormat(bits, group, symmetric)))
+    layer, error = intq.PackedLinear.from_linear(linear, bits, group)
+    assert error <= kernels.WEIGHT_ERROR_LIMIT
+    w = linear.weight.data
+    # float16 scale and offset: within 2^-10 of a weight's magnitude, far under one grid step
+    assert (layer.dequantized() - w).abs().max() <= 2**-10 * w.abs().max()
+    x = torch.randn(5, k)
+    assert torch.allclose(layer(x), linear(x), rtol=1e-3, atol=1e-3 * linear(x).abs().max().item())
+
+
+def test_grid_fit_refuses_weights_off_the_grid():
+    w = torch.randn(64, 256)
+    folded = fake_quantize(w * torch.rand(256) + 0.5, QuantFormat(4, 128, False)) / (torch.rand(256) + 0.5)  # AWQ-like
+    for weight in (w, folded):
+        assert intq.fit_grid(weight, intq.Layout.of(4, 256, 128))[3] > 3 * kernels.WEIGHT_ERROR_LIMIT
+
+
+def test_gptq_like_groups_that_miss_a_grid_end_still_fit():
+    w = fake_quantize(torch.randn(32, 128), QuantFormat(3, 128, False))
+    w[w == w.amax(1, keepdim=True)] = 0.0  # the top code unused in every row (0 is on the grid)
+    assert intq.fit_grid(w, intq.Layout.of(3, 128, 128))[3] <= kernels.WEIGHT_ERROR_LIMIT
+
+
+@pytest.mark.parametrize("compression,method,options,reason", [
+    (Compression(None, SparsityPattern(0.5)), "magnitude", {}, "only 2:4"),
+    (Compression(QuantFormat(4, 64, False), SparsityPattern(0.5, 2, 4)), "sparsegpt", {}, "2:4 sparse + quantized"),
+    (Compression(QuantFormat(5, 64, False), None), "rtn", {}, "5-bit"),
+    (Compression(QuantFormat(4, 48, False), None), "gptq", {}, "multiple of 32"),
+    (Compression(QuantFormat(3, 64, False), None), "hqq", {}, "axis=1"),
+])
+def test_compressions_without_a_kernel_say_why(compression, method, options, reason):
+    backend, why = kernels.choose(compression, method, options)
+    assert backend is None and reason in why
+
+
+def test_backends_chosen():
+    assert kernels.choose(Compression(None, None), "none", {})[0].NAME == "bf16-cublas"
+    assert kernels.choose(Compression(None, SparsityPattern(0.5, 2, 4)), "wanda", {})[0].NAME == "cusparselt-2:4"
+    assert kernels.choose(Compression(QuantFormat(4, 64, True), None), "bnb", {})[0].NAME == "bitsandbytes-4bit"
+    assert kernels.choose(Compression(QuantFormat(3, -1, False), None), "hqq", {"axis": 1})[0] is intq
+
+
+def test_latency_settings_checked_and_dropped_when_off():
+    with pytest.raises(ConfigError, match="device=cuda"):
+        latency.settle({"latency": True, "device": "cpu", "latency_prompt_len": 8, "latency_batch": 2})
+    with pytest.raises(ConfigError, match="latency_batch"):
+        latency.settle({"latency": True, "device": "cuda", "latency_prompt_len": 8, "latency_batch": 0})
+    config = {"latency": False, "latency_prompt_len": 8, "latency_batch": 2, "device": "cpu"}
+    latency.settle(config)
+    assert config == {"device": "cpu"}  # quality-only runs keep their run ids
+
+
+TINY = {"name": "tiny", "random": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
+                                   "num_attention_heads": 4, "num_key_value_heads": 2}}
+
+
+@torch.no_grad()
+def test_packed_model_computes_the_compressed_model():
+    from harness.methods.rtn import RoundToNearest
+
+    model = models.load_model(TINY, "cpu", torch.float32, 0)
+    compression = Compression(QuantFormat(3, 64, False), None)
+    RoundToNearest().compress(model, compress.compressible_layers(model), compression)
+    ids = torch.randint(model.config.vocab_size, (2, 32))
+    simulated = model(ids).logits
+    backend, _ = kernels.choose(compression, "rtn", {})
+    kernels.convert(model, compress.compressible_layers(model), backend, compression, {})
+    assert not compress.compressible_layers(model)  # every compressed nn.Linear was swapped out
+    assert sum(isinstance(m, intq.PackedLinear) for m in model.modules()) == 14
+    assert ((model(ids).logits - simulated).norm() / simulated.norm()).item() < 1e-3
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("method,compression,reason", [
+    ("magnitude", Compression(None, SparsityPattern(0.5)), "only 2:4"),
+    ("awq", Compression(QuantFormat(4, 64, False), None), "not on the triton-intq grid"),  # unquantized weights stand in
+])
+def test_latency_unavailable_records_the_reason(method, compression, reason):
+    model = models.load_model(TINY, "cpu", torch.float32, 0)
+    record = latency.measure_run(model, compression, {"name": method}, {"latency_prompt_len": 8, "latency_batch": 2})
+    assert record["available"] is False and reason in record["reason"]
+    assert record["prefill_ms"] is None and record["decode_tokens_per_s"] is None
+
+
+INTERPRETED = """
+import torch
+from harness.kernels import intq
+from harness.quant import QuantFormat, fake_quantize
+torch.manual_seed(0)
+for bits, group, n, k, m, kind, config in [(4, 128, 40, 256, 1, "gemv", (8, 2, 4)), (3, 64, 24, 192, 3, "gemv", (8, 1, 4)),
+                                           (2, -1, 17, 200, 2, "gemv", (16, 1, 4)), (3, 32, 30, 128, 9, "dequant", ())]:
+    linear = torch.nn.Linear(k, n, bias=False)
+    linear.weight.data.copy_(fake_quantize(linear.weight.data, QuantFormat(bits, group, False)))
+    layer = intq.PackedLinear.from_linear(linear, bits, group)[0]
+    x = torch.randn(m, k).bfloat16()
+    ref = x.float() @ layer.dequantized().T
+    out = intq._run(kind, config, x, layer).float()
+    print(bits, group, kind, ((out - ref).norm() / ref.norm()).item())
+"""
+
+
+def test_triton_kernels_in_the_cpu_interpreter():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-c", INTERPRETED], capture_output=True, text=True, env=env, timeout=600,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    errors = [float(line.split()[-1]) for line in proc.stdout.splitlines()]
+    assert len(errors) == 4 and max(errors) < 1e-2, proc.stdout  # bf16 output rounding: ~3e-3
