@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Everything the harness needs from one lent GPU machine, in as few calls as possible. Stages, each a
 # word on the command line, run in the order given:
+#   carry      nothing beyond the copy-in every call does (files carried in .device/ move to /root/...):
+#              for the calls that only bring a model part
 #   check      GPU tests (tests/test_gpu.py and the spine's numerical tests) on CUDA
 #   speed      calibration engine at Llama-3-8B shape, all 32 blocks (benchmarks/calibration_speed.py);
 #              SPEED_RUNS picks the runs (default: both)
@@ -97,6 +99,7 @@ KICK_SWEEPS=(
 for stage in "${@:-check}"; do
   echo "=== $stage"
   case "$stage" in
+  carry) ;;
   check)
     python3 -m pytest -q tests/test_gpu.py tests/test_rtn.py tests/test_magnitude.py tests/test_perplexity.py 2>&1 | tail -4
     ;;

@@ -124,9 +124,9 @@ def main() -> None:
         result = {"model": args.model, "row": row, "sparsity": stats.get("sparsity", 0.0), "metrics": metrics}
         print(json.dumps(result), flush=True)
         rows.append(result | {"tasks": infos})
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f)
+        if args.out:  # after every row: a long run keeps what it finished
+            with open(args.out, "w") as f:
+                json.dump(rows, f)
 
 
 if __name__ == "__main__":
