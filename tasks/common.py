@@ -3,8 +3,11 @@ and where offline data came from. Not a task kind itself (no conf/task/*.yaml na
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import random
 from typing import Any, Sequence, TypeVar
+
+from harness.config import ConfigError
 
 T = TypeVar("T")
 
@@ -14,7 +17,8 @@ def resolve_settings(spec: dict[str, Any], config: dict[str, Any]) -> dict[str, 
     (a GPU takes far larger batches than the CPU-sized defaults); `data_paths.<dataset>` points at a
     local copy of a hub dataset. The task's own `seed` draws its sample, so that runs of different
     methods (or experiment seeds) are scored on the same questions."""
-    return spec | sample_and_batch(spec, config) | {"data_path": (config.get("data_paths") or {}).get(spec["dataset"])}
+    key = spec.get("data_path_key", spec["dataset"])  # two tasks may read different files of one dataset
+    return spec | sample_and_batch(spec, config) | {"data_path": (config.get("data_paths") or {}).get(key)}
 
 
 def sample_and_batch(spec: dict[str, Any], config: dict[str, Any], default_batch: int | None = None) -> dict[str, Any]:
@@ -41,8 +45,16 @@ class SampledTask:
 class JudgedTask(SampledTask):
     @staticmethod
     def resolve(spec: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
-        """The top-level `judge` settings, if any, override the task's."""
-        return resolve_settings(spec, config) | {"judge": spec["judge"] | (config.get("judge") or {})}
+        """The top-level `judge` settings, if any, override the task's. A secret among them is refused
+        here, before anything is recorded."""
+        from harness.judge import check_settings
+
+        judge = spec["judge"] | (config.get("judge") or {})
+        try:
+            check_settings(judge)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        return resolve_settings(spec, config) | {"judge": judge}
 
 
 def take_sample(items: Sequence[T], max_samples: int | None, seed: int) -> list[T]:
@@ -59,3 +71,18 @@ def package_source(distribution: str, license_name: str) -> str:
 
 def mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
+
+
+def mean_and_stderr(name: str, values: Sequence[float], *, binary: bool) -> dict[str, float]:
+    """{name: mean, name_stderr: its standard error} over per-sample scores: binomial sqrt(p(1-p)/n)
+    for 0/1 scores (accuracy, exact match), sample standard deviation / sqrt(n) for graded ones
+    (F1, ratings). Nothing for no samples."""
+    n = len(values)
+    if not n:
+        return {}
+    p = mean(values)
+    if binary:
+        stderr = math.sqrt(p * (1 - p) / n)
+    else:
+        stderr = math.sqrt(sum((v - p) ** 2 for v in values) / (n - 1) / n) if n > 1 else float("nan")
+    return {name: p, f"{name}_stderr": stderr}

@@ -20,7 +20,7 @@ from typing import Any
 from harness.data import load_hub_dataset
 from harness.generation import greedy_generate
 from harness.judge import as_chat, make_judge, rate, rated_fraction
-from harness.tasks.common import JudgedTask, mean, package_source, take_sample
+from harness.tasks.common import JudgedTask, mean_and_stderr, package_source, take_sample
 from harness.tasks.multiple_choice import countries
 
 JUDGE_INTRO = (
@@ -107,14 +107,12 @@ class InstructionFollowing(JudgedTask):
         records = [{"category": c["category"], "answers": a, "ratings": []} for c, a in zip(self.conversations, answers)]
         for (c, _), rating in zip(where, ratings):
             records[c]["ratings"].append(rating)
-        metrics = {f"{self.name}/rated_fraction": rated_fraction(ratings)}
+        metrics = {f"{self.name}/rated_fraction": rated_fraction(ratings), f"{self.name}/n": len(self.conversations)}
         turns = max(len(c["turns"]) for c in self.conversations)
         for turn in range(turns):
             rated = [r["ratings"][turn]["rating"] for r in records if turn < len(r["ratings"])]
-            if any(x is not None for x in rated):
-                metrics[f"{self.name}/turn_{turn + 1}"] = mean([x for x in rated if x is not None])
-        if any(r["rating"] is not None for r in ratings):
-            metrics[f"{self.name}/score"] = mean([r["rating"] for r in ratings if r["rating"] is not None])
+            metrics |= mean_and_stderr(f"{self.name}/turn_{turn + 1}", [x for x in rated if x is not None], binary=False)
+        metrics |= mean_and_stderr(f"{self.name}/score", [r["rating"] for r in ratings if r["rating"] is not None], binary=False)
         return metrics, {
             "dataset": self.spec["dataset"],
             "source": self.source,
@@ -122,7 +120,7 @@ class InstructionFollowing(JudgedTask):
             "samples": len(self.conversations),
             "prompt_version": PROMPT_VERSION,
             "judge_prompt": JUDGE_INTRO + JUDGE_TURN,
-            "scoring": "mean judge rating (1-10) per turn and overall over the answers it rated; unrated replies excluded and counted",
+            "scoring": "mean judge rating (1-10) per turn and overall over the answers it rated, stderr sample std / sqrt(rated) (answers of one conversation counted as independent); unrated replies excluded and counted",
             "judge": self.judge.describe(),
             "unrated": sum(r["rating"] is None for r in ratings),
             "ratings": records,

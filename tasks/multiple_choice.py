@@ -32,13 +32,13 @@ from typing import Any
 
 from harness.data import load_hub_dataset
 from harness.generation import choice_logprobs
-from harness.tasks.common import SampledTask, mean, package_source, take_sample
+from harness.tasks.common import SampledTask, mean, mean_and_stderr, package_source, take_sample
 
 LETTERS = "ABCD"
-PROMPT_VERSION = "hendrycks-mmlu/v1"
+PROMPT_VERSION = "hendrycks-mmlu/v2"  # v2: prompt + choice tokenized together, as lm-eval does
 SCORING = {
-    "letter": "argmax over choices of log p(' <letter>' | prompt); accuracy = share of argmax == gold",
-    "text": "argmax over choices of log p(' <choice text>' | prompt) / len(' <choice text>'); accuracy = share of argmax == gold",
+    "letter": "argmax over choices of log p(' <letter>' | prompt), prompt + choice tokenized together (lm-eval); accuracy = share of argmax == gold; stderr binomial",
+    "text": "argmax over choices of log p(' <choice text>' | prompt) / len(' <choice text>'), tokenized together (lm-eval); accuracy = share of argmax == gold; stderr binomial",
 }
 
 # Hendrycks' categories.py, subjects grouped by the four reported categories.
@@ -209,8 +209,9 @@ class MultipleChoice(SampledTask):
             hit = float(max(range(len(score)), key=score.__getitem__) == sample["answer"])
             correct["all"].append(hit)
             correct[sample["category"]].append(hit)
-        metrics = {f"{self.name}/acc": mean(correct.pop("all"))}
-        metrics |= {f"{self.name}/acc/{category}": mean(hits) for category, hits in sorted(correct.items())}
+        metrics = mean_and_stderr(f"{self.name}/acc", correct.pop("all"), binary=True) | {f"{self.name}/n": len(self.samples)}
+        for category, hits in sorted(correct.items()):
+            metrics |= mean_and_stderr(f"{self.name}/acc/{category}", hits, binary=True)
         counts = {category: len(hits) for category, hits in sorted(correct.items())}
         return metrics, self.info | {"samples_per_category": counts}
 

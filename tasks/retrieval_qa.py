@@ -10,19 +10,29 @@ Datasets:
   * `fictional` (offline, default): passages generated with a seeded RNG about invented people, towns
     and societies, several per passage, each question about one of them. No model can know these
     facts, so closed-book scores sit at chance and open-book measures retrieval from the context alone.
-  * `triviaqa`: TriviaQA rc validation (mandarjoshi/trivia_qa, config rc). The evidence is a window of
-    `passage_words` words around the first mention of a gold alias in the question's first evidence
-    document that mentions one (Wikipedia pages first, then web results); the document's start when
-    none does. Offline: `data_paths.triviaqa=` a folder with the hub's rc/validation-*.parquet.
+  * `triviaqa`: TriviaQA rc validation (mandarjoshi/trivia_qa, config rc). The evidence is built as
+    LLM-KICK's incontext_qa/main_icrqa.py builds it: the question's first Wikipedia page and first web
+    result joined, cut to the first `passage_chars` (3072) characters, wherever the answer is (it may
+    not be in the passage at all: `answer_in_passage` in the record is the share where some alias is).
+    Offline: `data_paths.triviaqa=` a folder with the hub's rc/validation-*.parquet.
+
+Answers are greedy, `max_new_tokens` long, and the prediction is the first non-empty line of the
+output, stripped, as LLM-KICK extracts it (a model that opens with a newline is not scored empty).
+Besides SQuAD's exact match and F1, `llm_kick_em` is LLM-KICK's ICRQA "exact match": after TriviaQA's
+normalization, the gold alias is inside the prediction or the prediction inside the gold alias (so an
+answer that restates the question around the right name counts, and so does an empty prediction);
+`empty` is the share of predictions with no words.
 """
 from __future__ import annotations
 
 import random
+import re
+import string
 from typing import Any
 
 from harness.data import load_hub_dataset
 from harness.generation import exact_match, greedy_generate, normalize_answer, token_f1
-from harness.tasks.common import SampledTask, mean, take_sample
+from harness.tasks.common import SampledTask, mean_and_stderr, take_sample
 
 PROMPTS = {
     "closed_book": "Answer the question with a short answer.\nQuestion: {question}\nAnswer:",
@@ -34,7 +44,35 @@ SOLVED_EXAMPLE = {
     "question": "Which river does the Orrel Bridge cross?",
     "answer": "Tamsk",
 }
-SCORING = "SQuAD-normalized exact match and token F1, best over gold aliases; output cut at its first newline"
+SCORING = {
+    "prediction": "first non-empty line of the greedy output, stripped (LLM-KICK's extraction)",
+    "em": "SQuAD-normalized prediction equals some normalized gold alias; stderr binomial",
+    "f1": "SQuAD token F1, best over gold aliases; stderr sample std / sqrt(n)",
+    "llm_kick_em": "LLM-KICK's ICRQA exact_match_score: TriviaQA-normalized alias in prediction or prediction in alias; stderr binomial",
+    "empty": "share of predictions that normalize to nothing",
+}
+
+
+def prediction(output: str) -> str:
+    """LLM-KICK's `output.strip().split("\n")[0]`."""
+    return output.strip().split("\n")[0]
+
+
+def triviaqa_normalize(text: str) -> str:
+    """TriviaQA's official normalize_answer (LLM-KICK's utils/triviaqa_evaluation.py): underscores and
+    punctuation (with typographic quotes) become spaces, lowercase, articles dropped, spaces collapsed."""
+    text = str(text).replace("_", " ").lower()
+    text = "".join(" " if ch in _TRIVIAQA_PUNCTUATION else ch for ch in text)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+_TRIVIAQA_PUNCTUATION = set(string.punctuation + "‘’´`")
+
+
+def llm_kick_em(predicted: str, golds: list[str]) -> float:
+    """LLM-KICK's ICRQA exact_match_score, best over the gold aliases."""
+    p = triviaqa_normalize(predicted)
+    return float(any(triviaqa_normalize(g) in p or p in triviaqa_normalize(g) for g in golds))
 
 
 # --- fictional passages --------------------------------------------------------------------------
@@ -101,35 +139,24 @@ def fictional_questions(count: int, seed: int = 0, people_per_passage: int = 3) 
 
 
 def triviaqa_questions(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
-    """(sampled questions with their evidence windows, questions available). The sample is drawn
-    before any row is read into Python: the split holds ~18k questions with whole web pages."""
+    """(sampled questions with their evidence, questions available). The sample is drawn before any
+    row is read into Python: the split holds ~18k questions with whole web pages."""
     rows = load_hub_dataset("triviaqa", ("mandarjoshi/trivia_qa", "rc"), spec.get("split", "validation"), spec.get("data_path"), "parquet")
     questions = []
     for row in rows.select(take_sample(range(len(rows)), spec.get("max_samples"), spec["seed"])):
         answers = list(dict.fromkeys([row["answer"]["value"], *row["answer"]["aliases"]]))
-        documents = [*row["entity_pages"]["wiki_context"], *row["search_results"]["search_context"]]
+        passage = llm_kick_evidence(row["entity_pages"]["wiki_context"], row["search_results"]["search_context"], spec["passage_chars"])
         questions.append({
-            "question": row["question"], "answers": answers, "kind": "triviaqa",
-            "passage": evidence_window(documents, answers, spec["passage_words"]),
+            "question": row["question"], "answers": answers, "kind": "triviaqa", "passage": passage,
+            "answer_in_passage": any(f" {a} " in f" {normalize_answer(passage)} " for a in map(normalize_answer, answers) if a),
         })
     return questions, len(rows)
 
 
-def evidence_window(documents: list[str], answers: list[str], words: int) -> str:
-    """`words` words around the first alias mention in the first document that has one (alias and
-    text compared SQuAD-normalized, word by word); else the first document's first `words` words."""
-    aliases = [alias for alias in map(normalize_answer, answers) if alias]
-    for document in documents:
-        tokens = document.split()
-        # Each token normalizes to one word or to nothing (an article, bare punctuation): keep its index.
-        kept = [(i, word) for i, word in enumerate(map(normalize_answer, tokens)) if word]
-        text = " " + " ".join(word for _, word in kept) + " "
-        hits = [at for at in (text.find(f" {alias} ") for alias in aliases) if at >= 0]
-        if hits:
-            start = kept[text.count(" ", 0, min(hits) + 1) - 1][0]
-            first = max(0, start - words // 2)
-            return " ".join(tokens[first : first + words])
-    return " ".join(documents[0].split()[:words]) if documents else ""
+def llm_kick_evidence(wiki_pages: list[str], web_results: list[str], chars: int) -> str:
+    """LLM-KICK's context: the first Wikipedia page, then the first web result, joined as they are,
+    cut to the first `chars` characters (`context[:3072]`)."""
+    return "".join(wiki_pages[:1] + web_results[:1])[:chars]
 
 
 def _fictional(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
@@ -162,21 +189,30 @@ class RetrievalQA(SampledTask):
             "prompts": {mode: PROMPTS[mode] for mode in self.spec["modes"]},
             "solved_example": {mode: solved_example(mode) for mode in self.spec["modes"]},
             "scoring": SCORING,
+            "answer_in_passage": sum(s.get("answer_in_passage", True) for s in self.samples) / max(len(self.samples), 1),
             "max_new_tokens": self.spec["max_new_tokens"],
         }
 
     def evaluate(self, model) -> tuple[dict[str, float], dict[str, Any]]:
-        metrics, examples = {}, {}
+        metrics, outputs_info = {f"{self.name}/n": len(self.samples)}, {}
         for mode in self.spec["modes"]:
             prompts = [solved_example(mode) + PROMPTS[mode].format(question=s["question"], passage=s["passage"]) for s in self.samples]
             outputs = greedy_generate(
-                model, self.tokenizer, prompts, max_new_tokens=self.spec["max_new_tokens"],
-                batch_size=self.spec["batch_size"], stop=["\n"],
+                model, self.tokenizer, prompts, max_new_tokens=self.spec["max_new_tokens"], batch_size=self.spec["batch_size"],
             )
-            metrics[f"{self.name}/{mode}/em"] = mean([exact_match(o, s["answers"]) for o, s in zip(outputs, self.samples)])
-            metrics[f"{self.name}/{mode}/f1"] = mean([token_f1(o, s["answers"]) for o, s in zip(outputs, self.samples)])
-            examples[mode] = [{"question": s["question"], "answers": s["answers"], "output": o} for s, o in zip(self.samples[:3], outputs)]
-        return metrics, self.info | {"examples": examples}
+            metrics |= score(f"{self.name}/{mode}", [prediction(o) for o in outputs], [s["answers"] for s in self.samples])
+            outputs_info[mode] = [{"question": s["question"], "answers": s["answers"], "output": o} for s, o in zip(self.samples, outputs)]
+        return metrics, self.info | {"outputs": outputs_info}
+
+
+def score(prefix: str, predictions: list[str], golds: list[list[str]]) -> dict[str, float]:
+    pairs = list(zip(predictions, golds))
+    return (
+        mean_and_stderr(f"{prefix}/em", [exact_match(p, g) for p, g in pairs], binary=True)
+        | mean_and_stderr(f"{prefix}/f1", [token_f1(p, g) for p, g in pairs], binary=False)
+        | mean_and_stderr(f"{prefix}/llm_kick_em", [llm_kick_em(p, g) for p, g in pairs], binary=True)
+        | {f"{prefix}/empty": sum(not normalize_answer(p) for p in predictions) / len(pairs)}
+    )
 
 
 TASK_CLASS = RetrievalQA

@@ -20,7 +20,7 @@ from typing import Any
 from harness.data import load_hub_dataset
 from harness.generation import greedy_generate
 from harness.judge import make_judge, rate, rated_fraction
-from harness.tasks.common import JudgedTask, mean
+from harness.tasks.common import JudgedTask, mean_and_stderr
 from harness.tasks.retrieval_qa import fictional_questions
 
 SUMMARY_PROMPT = "Summarize the following story in two or three sentences.\n\nStory:\n{story}\n\nSummary:"
@@ -91,7 +91,7 @@ class Summarization(JudgedTask):
         per_story = [{"bucket": s["bucket"], "summary": summary, "ratings": {}} for s, summary in zip(self.stories, summaries)]
         for (i, aspect), rating in zip(requests, ratings):
             per_story[i]["ratings"][aspect] = rating
-        metrics = self._metrics(per_story) | {f"{self.name}/rated_fraction": rated_fraction(ratings)}
+        metrics = self._metrics(per_story) | {f"{self.name}/rated_fraction": rated_fraction(ratings), f"{self.name}/n": len(self.stories)}
         return metrics, {
             "dataset": self.spec["dataset"],
             "source": describe_source(self.spec),
@@ -100,21 +100,20 @@ class Summarization(JudgedTask):
             "prompt_version": PROMPT_VERSION,
             "prompt": SUMMARY_PROMPT,
             "judge_prompt": JUDGE_PROMPT,
-            "scoring": "mean judge rating (1-5) per aspect over the summaries it rated; unrated replies excluded and counted",
+            "scoring": "mean judge rating (1-5) per aspect over the summaries it rated, stderr sample std / sqrt(rated); unrated replies excluded and counted",
             "judge": self.judge.describe(),
             "unrated": sum(r["rating"] is None for r in ratings),
             "ratings": per_story,
         }
 
     def _metrics(self, per_story: list[dict[str, Any]]) -> dict[str, float]:
-        """Mean rating per aspect, overall and per bucket, where the judge rated anything."""
+        """Mean rating per aspect (and its standard error), overall and per bucket, where the judge rated anything."""
         metrics = {}
         for bucket in [None, *dict.fromkeys(s["bucket"] for s in per_story)]:
             for aspect in ASPECTS:
                 rated = [s["ratings"][aspect]["rating"] for s in per_story if bucket in (None, s["bucket"])]
                 rated = [r for r in rated if r is not None]
-                if rated:
-                    metrics[f"{self.name}/{bucket + '/' if bucket else ''}{aspect}"] = mean(rated)
+                metrics |= mean_and_stderr(f"{self.name}/{bucket + '/' if bucket else ''}{aspect}", rated, binary=False)
         return metrics
 
 

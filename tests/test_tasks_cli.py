@@ -22,8 +22,14 @@ def test_offline_knowledge_tasks_record_metrics_and_protocol(tmp_path):
     assert {spec["batch_size"] for spec in record["config"]["task_specs"].values()} == {4}
     metrics, tasks = record["metrics"], record["tasks"]
     assert {"trivia/lenient", "trivia/exact_match", "facts_mc/acc", "facts_mc_text/acc"} <= set(metrics)
-    assert {f"fictional_qa/{mode}/{score}" for mode in ("closed_book", "open_book") for score in ("em", "f1")} <= set(metrics)
-    assert all(0 <= value <= 1 for value in metrics.values())
+    assert {f"fictional_qa/{mode}/{score}" for mode in ("closed_book", "open_book") for score in ("em", "f1", "llm_kick_em")} <= set(metrics)
+    for name in ("trivia/lenient", "trivia/exact_match", "facts_mc/acc", "facts_mc_text/acc", "fictional_qa/open_book/em"):
+        p = metrics[name]  # 0/1 scores: binomial standard error
+        assert metrics[f"{name}_stderr"] == pytest.approx((p * (1 - p) / 6) ** 0.5)
+    assert "fictional_qa/open_book/f1_stderr" in metrics
+    assert {metrics[f"{task}/n"] for task in ("trivia", "facts_mc", "facts_mc_text", "fictional_qa")} == {6}
+    assert all(0 <= value <= 1 for name, value in metrics.items() if not name.endswith("/n"))
+    assert len(tasks["trivia"]["outputs"]) == 6 and len(tasks["fictional_qa"]["outputs"]["open_book"]) == 6
     for name in ("trivia", "facts_mc", "facts_mc_text", "fictional_qa"):
         assert tasks[name]["samples"] == 6 and tasks[name]["prompt_version"] and tasks[name]["scoring"]
     assert tasks["trivia"]["source"].startswith("Red-Trivia ") and tasks["trivia"]["available"] > 8000
@@ -48,7 +54,14 @@ def test_hub_datasets_read_local_copies_in_the_hub_format(tmp_path):
 def test_lm_eval_task_by_name_runs_on_the_compressed_model(tmp_path):
     run_cli(*TINY, "method=rtn", "bits=4", "group_size=32", "tasks=[lm_eval:harness_facts]", FEW, results_dir=tmp_path)
     (record,) = records(tmp_path)
-    assert set(record["metrics"]) == {"lm_eval:harness_facts/acc"}
+    metrics = record["metrics"]
+    assert set(metrics) == {"lm_eval:harness_facts/acc", "lm_eval:harness_facts/acc_stderr", "lm_eval:harness_facts/n"}
+    acc = metrics["lm_eval:harness_facts/acc"]
+    # lm-eval's closed-form stderr of a mean: sample std (n - 1) / sqrt(n), over 0/1 scores
+    assert metrics["lm_eval:harness_facts/acc_stderr"] == pytest.approx((acc * (1 - acc) * 6 / 5 / 6) ** 0.5)
+    assert metrics["lm_eval:harness_facts/n"] == 6
     info = record["tasks"]["lm_eval:harness_facts"]
     assert info["samples"]["harness_facts"] == {"original": 716, "effective": 6}
+    documents = info["documents"]["harness_facts"]  # a seeded random sample, not the first 6
+    assert len(documents) == 6 and documents == sorted(documents) and documents != list(range(6)) and max(documents) < 716
     assert info["configs"]["harness_facts"]["output_type"] == "multiple_choice" and info["versions"]["harness_facts"] == 1.0

@@ -63,14 +63,18 @@ def write_mmlu(folder):
     pd.DataFrame([row | {"question": f"What is {i} + 0?"} for i in range(5)]).to_parquet(folder / "all" / "dev-00000-of-00001.parquet")
 
 
-def write_triviaqa(folder):
+ABBEY_ROAD = "Abbey Road is an album. It was recorded by The Beatles in 1969 in London."
+
+
+def write_triviaqa(folder, wiki=(ABBEY_ROAD,), web=()):
     """mandarjoshi/trivia_qa's `rc` layout: rc/validation-*.parquet with nested evidence and answer columns."""
     (folder / "rc").mkdir(parents=True)
     row = {
         "question": "Which band recorded Abbey Road?", "question_id": "tc_1", "question_source": "http://example.org",
-        "entity_pages": {"doc_source": ["TagMe"], "filename": ["Abbey_Road.txt"], "title": ["Abbey Road"],
-                         "wiki_context": ["Abbey Road is an album. It was recorded by The Beatles in 1969 in London."]},
-        "search_results": {"description": [], "filename": [], "rank": [], "title": [], "url": [], "search_context": []},
+        "entity_pages": {"doc_source": ["TagMe"] * len(wiki), "filename": ["Abbey_Road.txt"] * len(wiki),
+                         "title": ["Abbey Road"] * len(wiki), "wiki_context": list(wiki)},
+        "search_results": {"description": [""] * len(web), "filename": ["w.txt"] * len(web), "rank": list(range(len(web))),
+                           "title": [""] * len(web), "url": [""] * len(web), "search_context": list(web)},
         "answer": {"aliases": ["The Beatles", "Beatles"], "normalized_aliases": ["beatles"], "matched_wiki_entity_name": "",
                    "normalized_matched_wiki_entity_name": "", "normalized_value": "beatles", "type": "WikipediaEntity",
                    "value": "The Beatles"},
@@ -86,14 +90,29 @@ def test_mmlu_parquet_gives_test_questions_and_dev_shots_by_subject(tmp_path):
     assert len(shots["elementary mathematics"]) == 5
 
 
-def test_triviaqa_parquet_gives_aliases_and_an_evidence_window(tmp_path):
+def test_triviaqa_parquet_gives_aliases_and_llm_kicks_evidence(tmp_path):
     write_triviaqa(tmp_path)
-    spec = {"data_path": str(tmp_path / "rc"), "max_samples": None, "seed": 0, "passage_words": 6}
+    spec = {"data_path": str(tmp_path / "rc"), "max_samples": None, "seed": 0, "passage_chars": 3072}
     (question,), available = triviaqa_questions(spec)
     assert available == 1
     assert question["answers"] == ["The Beatles", "Beatles"]
-    # 'beatles' (word 10; 'The' normalizes away) centres the 6-word window: words 7..12
-    assert question["passage"] == "recorded by The Beatles in 1969"
+    assert question["passage"] == ABBEY_ROAD
+
+
+def test_triviaqa_evidence_is_not_placed_around_the_answer(tmp_path):
+    """LLM-KICK's main_icrqa.py: the first Wikipedia page + the first web result, joined, first 3072
+    characters, wherever the answer is: a window centred on the gold answer leaks where it is."""
+    filler = "Abbey Road Studios stands in St John's Wood. " * 80  # 3,600 characters
+    write_triviaqa(tmp_path, wiki=[filler + ABBEY_ROAD, "a second page"], web=["It was the band's last album."])
+    spec = {"data_path": str(tmp_path / "rc"), "max_samples": None, "seed": 0, "passage_chars": 3072, "passage_words": 300}
+    (question,), _ = triviaqa_questions(spec)
+    assert question["passage"] == filler[:3072] and "Beatles" not in question["passage"]
+    assert question["answer_in_passage"] is False
+    short = tmp_path / "short"
+    write_triviaqa(short, wiki=[ABBEY_ROAD], web=["It was the band's last album."])
+    (question,), _ = triviaqa_questions(spec | {"data_path": str(short / "rc")})
+    assert question["passage"] == ABBEY_ROAD + "It was the band's last album."  # joined as LLM-KICK joins them
+    assert question["answer_in_passage"] is True
 
 
 def test_cnn_dailymail_parquet_stories_fall_into_length_buckets(tmp_path):

@@ -1,10 +1,14 @@
 """Batched generation and choice scoring on the tiny random model in float32: a left-padded batch gives
-what each prompt gives alone, and choice log-likelihoods equal a plain forward's."""
+what each prompt gives alone, choice log-likelihoods equal a plain forward's and lm-eval's own
+loglikelihood (on a SentencePiece-style tokenizer too), and a chat template's BOS is not doubled."""
 import pytest
 import torch
 
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
 from harness import models
 from harness.generation import choice_logprobs, greedy_generate, left_padded
+from harness.judge import as_chat
 from harness.tasks.multiple_choice import build_prompt
 
 TINY_MODEL = {
@@ -64,6 +68,67 @@ def test_choice_log_likelihoods_equal_a_plain_forward(tiny):
             log_probs = torch.log_softmax(model(torch.tensor([ctx + target])).logits[0].float(), -1)
             expected = sum(log_probs[len(ctx) - 1 + i, t].item() for i, t in enumerate(target))
             assert score == pytest.approx(expected, abs=1e-4)
+
+
+def sentencepiece_tokenizer(**special) -> PreTrainedTokenizerFast:
+    """A Llama-style SentencePiece tokenizer (BPE over characters with '▁' pieces, a '▁' prepended to
+    the text): ' A' alone is '▁', '▁A', while in 'Answer: A' the choice is the single piece '▁A'."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "▁": 3}
+    for ch in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789?:.,!'+<>|\n":
+        vocab.setdefault(ch, len(vocab))
+    letters = [ch for ch in vocab if len(ch) == 1 and ch.isalpha()]
+    vocab |= {f"▁{ch}": len(vocab) + i for i, ch in enumerate(letters)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[("▁", ch) for ch in letters], unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Metaspace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", **special)
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_model():
+    tokenizer = sentencepiece_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, bos_token_id=1, eos_token_id=2)
+    return tokenizer, LlamaForCausalLM(config).eval()
+
+
+@torch.no_grad()
+def test_choice_log_likelihoods_equal_lm_evals_on_a_sentencepiece_tokenizer(sentencepiece_model):
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    tokenizer, model = sentencepiece_model
+    assert tokenizer.convert_ids_to_tokens(tokenizer(" A", add_special_tokens=False).input_ids) == ["▁", "▁A"]
+    requests = [("Question: 2+2?\nAnswer:", [" A", " B", " four"]), ("The answer is ", ["Paris", "Rome"])]
+    scored = choice_logprobs(model, tokenizer, requests, batch_size=2)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=1)
+    instances = [
+        Instance("loglikelihood", {}, (context, choice), idx=0)
+        for context, choices in requests for choice in choices
+    ]
+    expected = [score for score, _ in lm.loglikelihood(instances, disable_tqdm=True)]
+    assert [s for row in scored for s in row] == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_chat_template_that_writes_bos_gets_no_second_one(sentencepiece_model):
+    """Gemma's template starts with {{ bos_token }} and its tokenizer adds one too."""
+    from tokenizers import processors
+
+    _, model = sentencepiece_model
+    tokenizer = sentencepiece_tokenizer(chat_template="{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}<|assistant|>")
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    prompt = as_chat(tokenizer, [{"role": "user", "content": "Hi"}])
+    seen = []
+    hook = model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs["input_ids"][0].tolist()), with_kwargs=True)
+    try:
+        greedy_generate(model, tokenizer, [prompt, "Hi"], max_new_tokens=1, batch_size=1)
+    finally:
+        hook.remove()
+    assert sorted(row.count(tokenizer.bos_token_id) for row in seen) == [1, 1]  # the chat prompt and the plain one
+    assert all(row[0] == tokenizer.bos_token_id for row in seen)
 
 
 def test_shots_are_dropped_until_the_prompt_fits():

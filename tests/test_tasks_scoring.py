@@ -1,11 +1,13 @@
-"""Answer scoring (SQuAD normalization, EM, F1, LLM-KICK's lenient rule) on hand-computed cases, and the
-evidence window TriviaQA's open-book prompts use."""
+"""Answer scoring on hand-computed cases: SQuAD normalization, EM, F1, our whole-word lenient rule, LLM-KICK's
+own factoid and ICRQA rules, the answer extraction, and standard errors."""
 import math
 
 import pytest
 
 from harness.generation import contains_answer, cut_at_stop, exact_match, normalize_answer, token_f1
-from harness.tasks.retrieval_qa import evidence_window
+from harness.tasks.common import mean_and_stderr
+from harness.tasks.factoid_qa import _first_answer, llm_kick_match
+from harness.tasks.retrieval_qa import llm_kick_em, prediction
 
 
 def test_normalization_drops_case_punctuation_articles_and_extra_space():
@@ -47,18 +49,47 @@ def test_output_is_cut_at_the_first_stop_string():
     assert cut_at_stop("Paris", ["\n"]) == "Paris"
 
 
-def test_evidence_window_centres_on_the_first_alias_mention():
-    documents = ["no mention here", "Once upon a time, The Beatles, a band from Liverpool, sang songs."]
-    # 'beatles' is word 5 of the second document; a 4-word window starts 2 words before it.
-    assert evidence_window(documents, ["The Beatles", "Fab Four"], 4) == "time, The Beatles, a"
-    assert evidence_window(["alpha beta gamma"], ["zeta"], 2) == "alpha beta"  # no mention: the start
+def test_llm_kick_factoid_rule_is_a_substring_after_lowercasing_and_removing_spaces():
+    """LLM-KICK's validate_response: no punctuation or article handling, no word boundaries."""
+    assert llm_kick_match("The answer is Oklahoma City.", ["oklahoma city"]) == 1.0
+    assert llm_kick_match("a camera", ["Ra"]) == 1.0  # inside another word: counted (our lenient rule does not)
+    assert contains_answer("a camera", ["Ra"]) == 0.0
+    assert llm_kick_match("Paris, France", ["Paris France"]) == 0.0  # the comma is not removed
+    assert llm_kick_match("P a r i s", ["Paris"]) == 1.0  # spaces are
+
+
+def test_llm_kick_takes_the_first_answer_of_the_first_parse():
+    parses = [{"Answers": [{"AnswersName": ["paris", "paris, france"]}, {"AnswersName": ["lutetia"]}]},
+              {"Answers": [{"AnswersName": ["city of light"]}]}]
+    assert _first_answer(parses) == ["paris", "paris, france"]
+    hub = {"Answers": [{"AnswersMid": ["m.1", "m.2"], "AnswersName": [["paris", "paris, france"], ["lutetia"]]},
+                       {"AnswersMid": ["m.3"], "AnswersName": [["city of light"]]}]}
+    assert _first_answer(hub) == ["paris", "paris, france"]
+
+
+def test_prediction_is_the_first_non_empty_line_and_llm_kicks_icrqa_em_is_containment_either_way():
+    assert prediction("\n Tamsk\nQuestion: x") == "Tamsk"  # a leading newline is not an empty answer
+    assert llm_kick_em("It was born in Tamsk", ["Tamsk"]) == 1.0  # gold inside the prediction
+    assert llm_kick_em("John", ["John Smith"]) == 1.0  # prediction inside the gold
+    assert llm_kick_em("", ["Tamsk"]) == 1.0  # so an empty prediction counts: `empty` reports how often
+    assert llm_kick_em("Rome", ["Tamsk"]) == 0.0
+    assert llm_kick_em("o'neill_jr", ["O Neill Jr"]) == 1.0  # TriviaQA's normalization: punctuation and _ -> space
+
+
+def test_standard_errors_binomial_for_0_1_scores_sample_std_for_graded_ones():
+    assert mean_and_stderr("t/acc", [1, 0, 0, 1], binary=True) == {"t/acc": 0.5, "t/acc_stderr": 0.25}
+    graded = mean_and_stderr("t/f1", [0.0, 0.5, 1.0], binary=False)  # sample std 0.5, / sqrt(3)
+    assert graded["t/f1"] == 0.5 and math.isclose(graded["t/f1_stderr"], 0.5 / math.sqrt(3))
+    assert mean_and_stderr("t/x", [], binary=True) == {}
 
 
 def test_lm_eval_results_flatten_to_numeric_metrics_named_by_task_and_filter():
     from harness.tasks.lm_eval_harness import flatten_results
 
-    results = {"arc_easy": {"alias": "arc_easy", "acc,none": 0.5, "acc_stderr,none": "N/A", "acc_norm,none": 0.25},
+    results = {"arc_easy": {"alias": "arc_easy", "acc,none": 0.5, "acc_stderr,none": 0.05, "acc_norm,none": 0.25,
+                            "acc_norm_stderr,none": "N/A"},
                "gsm8k": {"exact_match,strict-match": 0.125, "sample_len": 8}}
     assert flatten_results(results) == {
-        "lm_eval:arc_easy/acc": 0.5, "lm_eval:arc_easy/acc_norm": 0.25, "lm_eval:gsm8k/exact_match/strict-match": 0.125,
+        "lm_eval:arc_easy/acc": 0.5, "lm_eval:arc_easy/acc_stderr": 0.05, "lm_eval:arc_easy/acc_norm": 0.25,
+        "lm_eval:gsm8k/exact_match/strict-match": 0.125,
     }
