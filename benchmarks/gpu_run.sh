@@ -3,7 +3,8 @@
 # word on the command line, run in the order given:
 #   carry      nothing beyond the copy-in every call does (files carried in .device/ move to /root/...):
 #              for the calls that only bring a model part
-#   check      GPU tests (tests/test_gpu.py and the spine's numerical tests) on CUDA
+#   check      GPU tests (tests/test_gpu.py, tests/test_kernels_gpu.py and the spine's numerical tests) on CUDA
+#   kernel_ppl SmolLM2 perplexity through the real kernels against simulated compression (needs smollm2)
 #   speed      calibration engine at Llama-3-8B shape, all 32 blocks (benchmarks/calibration_speed.py);
 #              SPEED_RUNS picks the runs (default: both)
 #   smollm2    join SmolLM2's GGUF halves (.device/a, .device/b; they may come in different calls) and
@@ -101,7 +102,10 @@ for stage in "${@:-check}"; do
   case "$stage" in
   carry) ;;
   check)
-    python3 -m pytest -q tests/test_gpu.py tests/test_rtn.py tests/test_magnitude.py tests/test_perplexity.py 2>&1 | tail -4
+    python3 -m pytest -q tests/test_gpu.py tests/test_kernels_gpu.py tests/test_rtn.py tests/test_magnitude.py tests/test_perplexity.py 2>&1 | tail -6
+    ;;
+  kernel_ppl)
+    python3 benchmarks/kernel_perplexity.py model.package=null model.path="$HF_DIR" model.gguf_file=null 2>&1 | grep "^|\|Error"
     ;;
   speed)
     python3 benchmarks/calibration_speed.py --runs "${SPEED_RUNS:-gptq w4g128,sparsegpt 50%}" 2>&1 | grep -v "calibration block"
