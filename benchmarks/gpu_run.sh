@@ -57,7 +57,7 @@ for stage in "${@:-check}"; do
     python3 -m pytest -q tests/test_gpu.py tests/test_rtn.py tests/test_magnitude.py tests/test_perplexity.py 2>&1 | tail -4
     ;;
   speed)
-    python3 benchmarks/calibration_speed.py --runs "${SPEED_RUNS:-gptq w4g128,sparsegpt 50%}" 2>&1 | grep -v "calibration block"
+    python3 benchmarks/calibration_speed.py --runs "${SPEED_RUNS:-gptq w4g128,awq w4g128,sparsegpt 50%,wanda 50%}" 2>&1 | grep -v "calibration block"
     ;;
   smollm2)
     [ -d "$HF_DIR" ] && continue
