@@ -108,7 +108,7 @@ for stage in "${@:-check}"; do
     python3 benchmarks/kernel_perplexity.py model.package=null model.path="$HF_DIR" model.gguf_file=null 2>&1 | grep "^|\|Error"
     ;;
   speed)
-    python3 benchmarks/calibration_speed.py --runs "${SPEED_RUNS:-gptq w4g128,sparsegpt 50%}" 2>&1 | grep -v "calibration block"
+    python3 benchmarks/calibration_speed.py --runs "${SPEED_RUNS:-gptq w4g128,awq w4g128,sparsegpt 50%,wanda 50%}" 2>&1 | grep -v "calibration block"
     ;;
   smollm2)
     [ -d "$HF_DIR" ] && continue

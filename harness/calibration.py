@@ -6,9 +6,11 @@ Decoder blocks are compressed one after another, as GPTQ and SparseGPT do:
      position ids and embeddings...) are recorded, and the forward stops there;
   2. block i is moved to the compute `device`; its linear layers are compressed group by group, from
      statistics of their inputs (the Hessian X^T X, per-channel norms, mean |x|);
-  3. the *compressed* block maps its inputs to the inputs of block i + 1; the block goes back home.
-Only one block and the [n_samples, seqlen, hidden] hidden states live on `device` at a time, so a
-model too big for the accelerator calibrates there with the rest of it in CPU memory.
+  3. the *compressed* block maps its inputs to the inputs of block i + 1, overwriting them in place
+     (GPTQ, SparseGPT, Wanda); a method may instead advance them with the float block while it
+     captures its statistics (AWQ); the block goes back home.
+Only one block and one [n_samples, seqlen, hidden] tensor of hidden states live on `device` at a
+time, so a model too big for the accelerator calibrates there with the rest of it in CPU memory.
 
 Linears that read the same input tensor (q, k, v; gate, up) form a group: they share one set of input
 statistics. With `true_sequential` the groups are compressed in execution order, and the block is
@@ -38,14 +40,6 @@ STATISTICS = ("hessian", "sq_norm", "abs_mean")
 
 class _StopForward(Exception):
     """Raised from a hook to end a forward pass once what it ran for has been captured."""
-
-
-@dataclass
-class BlockCall:
-    """The arguments a block is called with besides its hidden states."""
-
-    args: tuple
-    kwargs: dict[str, Any]
 
 
 class InputStats:
@@ -102,6 +96,37 @@ def gram(x: torch.Tensor) -> torch.Tensor:
 GroupCompressor = Callable[[dict[str, nn.Linear], InputStats], None]
 
 
+@dataclass
+class BlockCall:
+    """The arguments a block is called with besides its hidden states."""
+
+    args: tuple
+    kwargs: dict[str, Any]
+
+
+# Compress one block (on the compute device) given its inputs [n_samples, seqlen, hidden], its call
+# arguments and its groups of linears. Returns True if it has overwritten the inputs with the block's
+# outputs (the inputs of the next block) itself; otherwise the engine runs the compressed block.
+BlockCompressor = Callable[[nn.Module, torch.Tensor, "BlockCall", list[dict[str, nn.Linear]]], bool]
+
+
+def groupwise(compress_group: GroupCompressor, stats: Collection[str] = (), true_sequential: bool = True) -> BlockCompressor:
+    """The block step of GPTQ, SparseGPT and Wanda: `compress_group` on each group with the input
+    `stats` it asks for (names from STATISTICS), captured per group after the groups before it are
+    compressed (`true_sequential`) or all at once from the float block."""
+
+    def compress_block(block, hidden, call, groups) -> bool:
+        if true_sequential:
+            for group in groups:
+                compress_group(group, capture_stats(block, hidden, call, [group], stats)[0])
+        else:
+            for group, inputs in zip(groups, capture_stats(block, hidden, call, groups, stats)):
+                compress_group(group, inputs)
+        return False
+
+    return compress_block
+
+
 def find_blocks(model: nn.Module) -> nn.ModuleList:
     """The decoder blocks: the nn.ModuleList holding the most parameters whose children each contain
     a Linear (found by structure, so any llama-, mistral-, qwen2- or gemma-style decoder works)."""
@@ -119,15 +144,13 @@ def calibrate(
     model: nn.Module,
     layers: dict[str, nn.Linear],
     calibration: torch.Tensor,
-    compress_group: GroupCompressor,
+    compress_block: BlockCompressor,
     *,
-    stats: Collection[str] = (),
     device: str | torch.device | None = None,
-    true_sequential: bool = True,
 ) -> dict[str, float]:
     """Compress `layers` block by block from `calibration` ([n_samples, seqlen] token ids), calling
-    `compress_group` once per group of linears sharing an input, with the input `stats` it asks for
-    (names from STATISTICS). `device` (default: the model's) is where each block is compressed.
+    `compress_block` once per block (`groupwise` builds one from a per-group step). `device`
+    (default: the model's) is where each block is compressed.
 
     Returns calib_s (wall time), calib_blocks, calib_tokens and the peak memory: calib_peak_cuda_bytes
     (torch.cuda.max_memory_allocated during calibration) on a CUDA device, else calib_peak_rss_bytes
@@ -139,20 +162,13 @@ def calibrate(
     blocks = find_blocks(model)
     names = _layer_names(blocks, layers)
     hidden, calls = capture_block_inputs(model, blocks, calibration, device)
-    spare = torch.empty_like(hidden)
     for i, (block, call) in enumerate(progress(zip(blocks, calls), "calibration blocks", len(blocks), unit="block")):
         block_start = time.perf_counter()
         home = next(block.parameters()).device
         block.to(device)
         groups = input_groups(block, hidden[:1], call, names)
-        if true_sequential:
-            for group in groups:
-                compress_group(group, capture_stats(block, hidden, call, [group], stats)[0])
-        else:
-            for group, inputs in zip(groups, capture_stats(block, hidden, call, groups, stats)):
-                compress_group(group, inputs)
-        run_block(block, hidden, call, out=spare)
-        hidden, spare = spare, hidden
+        if not compress_block(block, hidden, call, groups):
+            run_block(block, hidden, call)
         block.to(home)
         elapsed = time.perf_counter() - start
         log.info(
@@ -237,15 +253,16 @@ def _to_device(value: Any, device: torch.device, memo: dict[int, Any]) -> Any:
     return value
 
 
-def _block_output(block: nn.Module, states: torch.Tensor, call: BlockCall) -> torch.Tensor:
+def block_output(block: nn.Module, states: torch.Tensor, call: BlockCall) -> torch.Tensor:
     out = block(states, *call.args, **call.kwargs)
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def run_block(block: nn.Module, hidden: torch.Tensor, call: BlockCall, out: torch.Tensor) -> None:
-    """out[j] = block(hidden[j]) for every window, one window at a time (as the arguments were recorded)."""
+def run_block(block: nn.Module, hidden: torch.Tensor, call: BlockCall) -> None:
+    """hidden[j] = block(hidden[j]) for every window, one window at a time (as the arguments were
+    recorded), in place: windows are independent, so no second buffer of hidden states is needed."""
     for j in range(hidden.shape[0]):
-        out[j] = _block_output(block, hidden[j : j + 1], call)[0]
+        hidden[j] = block_output(block, hidden[j : j + 1], call)[0]
 
 
 def input_groups(
@@ -267,7 +284,7 @@ def input_groups(
     targets = [m for m in block.modules() if id(m) in names]
     handles = [layer.register_forward_pre_hook(note) for layer in targets]
     try:
-        _block_output(block, sample, call)
+        block_output(block, sample, call)
     finally:
         for handle in handles:
             handle.remove()
@@ -280,23 +297,31 @@ def input_groups(
 
 
 def capture_stats(
-    block: nn.Module, hidden: torch.Tensor, call: BlockCall, groups: list[dict[str, nn.Linear]], wanted: Collection[str]
+    block: nn.Module,
+    hidden: torch.Tensor,
+    call: BlockCall,
+    groups: list[dict[str, nn.Linear]],
+    wanted: Collection[str],
+    advance: bool = False,
 ) -> list[InputStats]:
     """The input statistics of each group over every window. A group's input is read at its first
-    layer; the forward stops at the last group's, since nothing after it is needed."""
+    layer; the forward stops at the last group's, since nothing after it is needed, unless `advance`:
+    then each window runs through the whole block and hidden[j] is overwritten by its output."""
     found = []
     handles = []
     for k, group in enumerate(groups):
         first = next(iter(group.values()))
         inputs = InputStats(wanted, first.in_features, hidden.device)
         found.append(inputs)
-        handles.append(first.register_forward_hook(partial(_accumulate, inputs, k == len(groups) - 1)))
+        handles.append(first.register_forward_hook(partial(_accumulate, inputs, k == len(groups) - 1 and not advance)))
     try:
         for j in range(hidden.shape[0]):
             try:
-                _block_output(block, hidden[j : j + 1], call)
+                out = block_output(block, hidden[j : j + 1], call)
             except _StopForward:
-                pass
+                continue
+            if advance:
+                hidden[j] = out[0]
     finally:
         for handle in handles:
             handle.remove()
@@ -323,15 +348,11 @@ class LayerwiseMethod(Method):
     def compress(self, model, layers, compression, calibration=None, device=None) -> dict[str, float]:
         """As Method.compress; `device` (default: the model's) is where each block is compressed.
         Returns `calibrate`'s timing and peak memory."""
-        return calibrate(
-            model,
-            layers,
-            calibration,
-            partial(self.compress_group, compression=compression),
-            stats=self.stats,
-            device=device,
-            true_sequential=self.true_sequential,
-        )
+        return calibrate(model, layers, calibration, self.block_compressor(compression), device=device)
+
+    def block_compressor(self, compression) -> BlockCompressor:
+        """The step `calibrate` runs on each block: by default `compress_group` on each group."""
+        return groupwise(partial(self.compress_group, compression=compression), self.stats, self.true_sequential)
 
     def compress_group(self, layers: dict[str, nn.Linear], inputs: InputStats, compression) -> None:
         raise NotImplementedError

@@ -120,18 +120,18 @@ def execute(exp: Experiment, method, specs, watch: Stopwatch) -> dict[str, Any]:
         tasks = [build_task(name, spec) for name, spec in specs.items()]
         for task in tasks:
             task.prepare(tokenizer)
-        calibration = None
+        calibration, calib_stats = None, {}
         if method.needs_calibration:
             calib = exp.config["calib"]
             data_path = exp.config["data_paths"].get(calib["dataset"])
-            calibration = data.calibration_windows(tokenizer, **calib, data_path=data_path)
+            calibration, calib_stats = data.sample_windows(tokenizer, **calib, data_path=data_path)
     progress.route_library_bars()  # after the tokenizer and tasks are prepared: they import what draws bars
     # A calibrated method keeps the model in CPU memory and moves one block at a time to the device.
     with watch.time("load_s"):
         home = "cpu" if method.needs_calibration else exp.device
         model = models.load_model(model_cfg, home, exp.dtype, exp.config["seed"])
     with watch.time("compress_s"):
-        stats = compress.compress(model, method, exp.compression, calibration, exp.device)
+        stats = compress.compress(model, method, exp.compression, calibration, exp.device) | calib_stats
         model.to(exp.device)
     log.info("compressed %d layers: sparsity %.4f, %.3f bits/weight", stats["compressed_layers"], stats["sparsity"], stats["bits_per_weight"])
     metrics, task_info = {}, {}

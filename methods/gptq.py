@@ -14,23 +14,26 @@ import torch
 from harness.calibration import LayerwiseMethod
 from harness.config import ConfigError
 from harness.quant import QuantFormat, grouped, quant_params, quantize_dequantize
-from harness.sparsity import SparsityPattern, lowest_k_mask, nm_mask
+from harness.sparsity import SparsityPattern, nm_mask
 
 
 class ColumnQuantizer:
-    """Quantizes the columns of a sweep one at a time with GPTQ's group conventions:
-      * per-row format (group_size -1): one (scale, zero) per row, from the weight before the sweep;
-      * static groups (given an `order`, act-order): every group's parameters from the weight before
-        the sweep, in the original column order, so a group stays `group_size` contiguous input
-        columns (the storage format) however the sweep is ordered;
-      * otherwise a group's parameters are computed when the sweep reaches its first column, from the
-        weights as updated by the columns quantized before it (the reference's default)."""
+    """Quantizes the columns of a sweep one at a time with GPTQ's group conventions (gptq.py fasterquant):
+      * per-row format (group_size -1): one (scale, zero) per row, from the weight it is given;
+      * static groups: every group's parameters from the weight it is given, in the original column
+        order (`order`: sweep position -> original column, with act-order), so a group stays
+        `group_size` contiguous input columns however the sweep is ordered;
+      * otherwise a group's parameters are computed when the sweep reaches its first column, from
+        `group_size` columns of the matrix being swept as it stands then: the current block's columns
+        as they were at the start of the block, later ones with the updates of earlier blocks only
+        (the reference's W[:, (i1 + i):(i1 + i + groupsize)]). With act-order these are consecutive
+        columns of the permuted matrix."""
 
-    def __init__(self, fmt: QuantFormat, weight: torch.Tensor, order: torch.Tensor | None = None) -> None:
+    def __init__(self, fmt: QuantFormat, weight: torch.Tensor, order: torch.Tensor | None = None, static: bool = False) -> None:
         self.fmt = fmt
         self.group = fmt.group_len(weight.shape[1])
         self.order = None if order is None else order.tolist()  # sweep position -> original column
-        self.dynamic = fmt.group_size != -1 and order is None
+        self.dynamic = fmt.group_size != -1 and not static
         if not self.dynamic:
             self.scale, self.zero = quant_params(grouped(weight, fmt), fmt)  # [rows, groups, 1]
 
@@ -38,7 +41,7 @@ class ColumnQuantizer:
         return self.dynamic and column % self.group == 0
 
     def start_group(self, weights: torch.Tensor) -> None:
-        """Parameters of the group starting now, from its `group` up-to-date columns."""
+        """Parameters of the group starting now, from its `group` columns."""
         self.scale, self.zero = quant_params(weights, self.fmt)
 
     def __call__(self, column: int, w: torch.Tensor) -> torch.Tensor:
@@ -47,6 +50,16 @@ class ColumnQuantizer:
             original = column if self.order is None else self.order[column]
             scale, zero = scale[:, original // self.group], zero[:, original // self.group]
         return quantize_dequantize(w.unsqueeze(1), scale, zero, self.fmt.maxq).squeeze(1)
+
+
+def column_quantizer(fmt: QuantFormat, weight: torch.Tensor, dead: torch.Tensor, static: bool = False, order=None) -> ColumnQuantizer:
+    """The reference's quantizer for a weight whose `dead` inputs are about to be zeroed: per-row
+    parameters come from the weight before (find_params(W) runs first), static groups after."""
+    if fmt.group_size == -1:
+        return ColumnQuantizer(fmt, weight, order)
+    zeroed = weight.clone()
+    zeroed[:, dead] = 0
+    return ColumnQuantizer(fmt, zeroed, order, static)
 
 
 def inverse_hessian_upper(hessian: torch.Tensor, damp: float) -> torch.Tensor:
@@ -63,14 +76,20 @@ def dead_inputs(hessian: torch.Tensor) -> torch.Tensor:
     return hessian.diagonal() == 0
 
 
-def sweep_block(block_size: int, group: int | None, m: int | None) -> int:
-    """Columns per lazy-update block, at most `block_size` (or one N:M chunk), such that no N:M chunk
-    straddles two blocks and every quantization group lies inside one block or starts one: the
-    columns a group's parameters are read from are then up to date."""
+def sweep_block(block_size: int, m: int | None) -> int:
+    """Columns per lazy-update block: `block_size`, or the largest size below it (at least one N:M
+    chunk) that holds whole N:M chunks."""
     for size in range(max(block_size, m or 1), 0, -1):
-        if (m is None or size % m == 0) and (group is None or size % group == 0 or group % size == 0):
+        if m is None or size % m == 0:
             return size
-    raise ValueError(f"no block of columns holds whole N:M chunks (M={m}) and aligns with groups of {group}")
+    raise ValueError(f"no block of columns holds whole N:M chunks (M={m})")
+
+
+def unstructured_keep(score: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """SparseGPT's mask for one block: prune every score <= the int(sparsity * numel)-th smallest (0-based),
+    as the reference's `tmp <= thresh`: one weight more than int(sparsity * numel) per block, barring ties."""
+    thresh = torch.sort(score.flatten())[0][int(score.numel() * sparsity)]
+    return score > thresh
 
 
 def obs_score(w: torch.Tensor, hinv_diag: torch.Tensor) -> torch.Tensor:
@@ -93,9 +112,9 @@ def obs_sweep(
     some kept weights to 0 as well)."""
     out = torch.empty_like(weight)
     cols = weight.shape[1]
-    group = quantizer.group if quantizer is not None and quantizer.dynamic else None
+    group = quantizer.group if quantizer is not None else None
     m = pattern.m if pattern is not None and pattern.is_nm else None
-    block = sweep_block(block_size, group, m)
+    block = sweep_block(block_size, m)
     kept = torch.zeros((), dtype=torch.int64, device=weight.device)
     for b0 in range(0, cols, block):
         b1 = min(b0 + block, cols)
@@ -107,15 +126,13 @@ def obs_sweep(
         if pattern is not None:
             keep = torch.ones_like(w1, dtype=torch.bool)
             if m is None:
-                keep = lowest_k_mask(obs_score(w1, d), int(w1.numel() * pattern.sparsity))
+                keep = unstructured_keep(obs_score(w1, d), pattern.sparsity)
         for i in range(b1 - b0):
             if m is not None and i % m == 0:
                 keep[:, i : i + m] = nm_mask(obs_score(w1[:, i : i + m], d[i : i + m]), pattern.n, m)
             if quantizer is not None and quantizer.starts_group(b0 + i):
-                # Inside the block, w1 holds the updated columns; a group reaching past the block
-                # starts it (sweep_block), where `weight` is up to date.
-                fits = i + group <= b1 - b0
-                quantizer.start_group(w1[:, i : i + group] if fits else weight[:, b0 : b0 + group])
+                # `weight`, not the block's updated copy w1: the reference's rule (ColumnQuantizer).
+                quantizer.start_group(weight[:, b0 + i : b0 + i + group])
             w = w1[:, i]
             q = w if keep is None else w.masked_fill(~keep[:, i], 0)
             if quantizer is not None:
@@ -130,14 +147,22 @@ def obs_sweep(
 
 
 def gptq_quantize(
-    weight: torch.Tensor, hessian: torch.Tensor, fmt: QuantFormat, damp: float = 0.01, block_size: int = 128, act_order: bool = False
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    fmt: QuantFormat,
+    damp: float = 0.01,
+    block_size: int = 128,
+    act_order: bool = False,
+    static_groups: bool = False,
 ) -> torch.Tensor:
-    """GPTQ of a [rows, cols] weight given its input Hessian; returns the fake-quantized weight in
-    float32. With `act_order`, columns are swept by decreasing diag H, with static groups."""
+    """GPTQ of a [rows, cols] weight given its input Hessian (gptq.py fasterquant); returns the
+    fake-quantized weight in float32. With `act_order`, columns are swept by decreasing diag H;
+    `static_groups` computes every group's parameters before the sweep (ColumnQuantizer)."""
     w = weight.float().clone()
-    w[:, dead_inputs(hessian)] = 0
+    dead = dead_inputs(hessian)
     order = torch.argsort(hessian.diagonal(), descending=True, stable=True) if act_order else None
-    quantizer = ColumnQuantizer(fmt, w, order)
+    quantizer = column_quantizer(fmt, w, dead, static_groups, order)
+    w[:, dead] = 0
     if order is not None:
         w, hessian = w[:, order], hessian[order][:, order]
     q, _ = obs_sweep(w, inverse_hessian_upper(hessian, damp), block_size, quantizer)
@@ -149,17 +174,22 @@ class GPTQ(LayerwiseMethod):
     quantizes = True
     stats = ("hessian",)
 
-    def __init__(self, damp: float = 0.01, block_size: int = 128, act_order: bool = False, true_sequential: bool = True) -> None:
+    def __init__(
+        self, damp: float = 0.01, block_size: int = 128, act_order: bool = False, static_groups: bool = False, true_sequential: bool = True
+    ) -> None:
         if not damp > 0 or block_size < 1:
             raise ConfigError(f"method=gptq: damp={damp} must be > 0 and block_size={block_size} >= 1")
-        super().__init__(true_sequential, damp=damp, block_size=block_size, act_order=act_order)
+        super().__init__(true_sequential, damp=damp, block_size=block_size, act_order=act_order, static_groups=static_groups)
         self.damp, self.block_size, self.act_order = float(damp), int(block_size), bool(act_order)
+        self.static_groups = bool(static_groups)
 
     @torch.no_grad()
     def compress_group(self, layers, inputs, compression) -> None:
         # Rows are independent given H, so the layers sharing it (q, k, v) are quantized as one matrix.
         weights = [layer.weight for layer in layers.values()]
-        q = gptq_quantize(torch.cat(weights), inputs.hessian, compression.quant, self.damp, self.block_size, self.act_order)
+        q = gptq_quantize(
+            torch.cat(weights), inputs.hessian, compression.quant, self.damp, self.block_size, self.act_order, self.static_groups
+        )
         for weight, rows in zip(weights, q.split([w.shape[0] for w in weights])):
             weight.copy_(rows)
 

@@ -9,7 +9,7 @@ import torch
 
 from harness.calibration import LayerwiseMethod
 from harness.config import ConfigError
-from harness.methods.gptq import ColumnQuantizer, dead_inputs, inverse_hessian_upper, obs_sweep
+from harness.methods.gptq import column_quantizer, dead_inputs, inverse_hessian_upper, obs_sweep
 from harness.quant import QuantFormat
 from harness.sparsity import SparsityPattern
 
@@ -26,8 +26,8 @@ def sparsegpt_prune(
     Hessian (gptq.inverse_hessian_upper) and its dead inputs; returns the float32 result and the
     number of weights its mask kept."""
     w = weight.float().clone()
+    quantizer = column_quantizer(fmt, w, dead) if fmt is not None else None
     w[:, dead] = 0
-    quantizer = ColumnQuantizer(fmt, w) if fmt is not None else None
     return obs_sweep(w, hinv, block_size, quantizer, pattern)
 
 
@@ -38,7 +38,7 @@ class SparseGPT(LayerwiseMethod):
     patterns = ("unstructured", "N:M")
     stats = ("hessian",)
 
-    def __init__(self, damp: float = 0.01, block_size: int = 128, true_sequential: bool = True) -> None:
+    def __init__(self, damp: float = 0.01, block_size: int = 128, true_sequential: bool = False) -> None:
         if not damp > 0 or block_size < 1:
             raise ConfigError(f"method=sparsegpt: damp={damp} must be > 0 and block_size={block_size} >= 1")
         super().__init__(true_sequential, damp=damp, block_size=block_size)

@@ -22,7 +22,7 @@ class Wanda(LayerwiseMethod):
     patterns = ("unstructured", "N:M")
     stats = ("sq_norm",)
 
-    def __init__(self, true_sequential: bool = True) -> None:
+    def __init__(self, true_sequential: bool = False) -> None:
         super().__init__(true_sequential)
 
     @torch.no_grad()

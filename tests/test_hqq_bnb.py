@@ -57,10 +57,27 @@ def test_hqq_values_sit_on_one_affine_grid_per_group(bits):
         levels = torch.unique(group)
         assert levels.numel() <= 2**bits
         steps = levels.diff()
-        assert torch.allclose(steps / steps.min(), torch.round(steps / steps.min()), atol=1e-3)
+        # Dequantized in float16 as the package does: each level carries float16 rounding (~2^-11 of its size).
+        assert torch.allclose(steps / steps.min(), torch.round(steps / steps.min()), atol=1e-2)
     rtn_error = (compressed("rtn", {}, QuantFormat(bits, 32, False), w) - w.double()).abs().mean()
     for out in (along_rows, strided.T):
         assert (out.reshape(8, 128) - w.double()).abs().mean() < 1.5 * rtn_error  # a sane quantizer, not noise
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_hqq_is_the_packages_hqqlinear_with_its_base_config(bits, axis):
+    """The adapter's weight is what hqq's own HQQLinear(BaseQuantizeConfig(bits, 32, axis)) dequantizes
+    to: its optimizer, its round_zero (4 bits: the initial zero rounded; the optimizer then moves it),
+    a float16 scale and zero per group."""
+    from hqq.core.quantize import BaseQuantizeConfig, HQQLinear
+
+    torch.manual_seed(bits)
+    w = torch.randn(16, 256) * torch.exp(torch.randn(1, 256))
+    source = torch.nn.Linear(256, 16, bias=False)
+    source.weight.data.copy_(w)
+    package = HQQLinear(source, BaseQuantizeConfig(nbits=bits, group_size=32, axis=axis), compute_dtype=torch.float16, device="cpu")
+    assert torch.equal(compressed("hqq", {"axis": axis}, QuantFormat(bits, 32, False), w), package.dequantize().double())
 
 
 @pytest.mark.parametrize(
@@ -71,6 +88,8 @@ def test_hqq_values_sit_on_one_affine_grid_per_group(bits):
         (["method=bnb", "method.quant_type=int8", "bits=8"], "per-row absmax"),
         (["method=bnb", "method.quant_type=nf3"], "quant_type='nf3'"),
         (["method=hqq", "symmetric=true"], "method=hqq is asymmetric"),
+        (["method=hqq", "bits=7"], "bits=7: method=hqq supports 2, 3, 4, 5, 6, 8"),
+        (["method=hqq", "bits=4", "group_size=4"], "group_size=4: method=hqq needs a multiple of 8"),
     ],
 )
 def test_formats_the_packages_cannot_store_are_rejected(hydra_cfg, overrides, message):
