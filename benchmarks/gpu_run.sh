@@ -97,6 +97,20 @@ KICK_SWEEPS=(
   "method=hqq bits=3"
 )
 
+# run_sweeps ARGS_ARRAY SWEEPS_ARRAY: each sweep (`-m` with the fixed arguments) until TABLE_DEADLINE_S,
+# then the records to $OUT and the results table.
+run_sweeps() {
+  local -n args=$1 sweeps=$2
+  local start=$SECONDS sweep
+  for sweep in "${sweeps[@]}"; do
+    if (( SECONDS - start > ${TABLE_DEADLINE_S:-520} )); then echo "deadline: not started: $sweep"; continue; fi
+    # shellcheck disable=SC2086
+    python3 -m harness -m "${args[@]}" $sweep 2>&1 | grep -E "INFO\] - (pydoc|compressed|run .* (ok|failed))|Error|error" || true
+  done
+  cp -r "$RESULTS" "$OUT/"
+  python3 benchmarks/results_table.py "$RESULTS"
+}
+
 for stage in "${@:-check}"; do
   echo "=== $stage"
   case "$stage" in
@@ -123,24 +137,10 @@ for stage in "${@:-check}"; do
     save_hf gemma3-270m "$GEMMA_DIR" "$GEMMA_GGUF" "$GEMMA_HF"
     ;;
   kick)
-    start=$SECONDS
-    for sweep in "${KICK_SWEEPS[@]}"; do
-      if (( SECONDS - start > ${TABLE_DEADLINE_S:-520} )); then echo "deadline: not started: $sweep"; continue; fi
-      # shellcheck disable=SC2086
-      python3 -m harness -m "${KICK[@]}" $sweep 2>&1 | grep -E "INFO\] - (pydoc|compressed|run .* (ok|failed))|Error|error" || true
-    done
-    cp -r "$RESULTS" "$OUT/"
-    python3 benchmarks/results_table.py "$RESULTS"
+    run_sweeps KICK KICK_SWEEPS
     ;;
   table)
-    start=$SECONDS
-    for sweep in "${SWEEPS[@]}"; do
-      if (( SECONDS - start > ${TABLE_DEADLINE_S:-520} )); then echo "deadline: not started: $sweep"; continue; fi
-      # shellcheck disable=SC2086
-      python3 -m harness -m "${SMOL[@]}" $sweep 2>&1 | grep -E "INFO\] - (pydoc|compressed|run .* (ok|failed))|Error|error" || true
-    done
-    cp -r "$RESULTS" "$OUT/"
-    python3 benchmarks/results_table.py "$RESULTS"
+    run_sweeps SMOL SWEEPS
     ;;
   *) echo "unknown stage $stage"; exit 2 ;;
   esac
