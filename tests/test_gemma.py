@@ -84,7 +84,9 @@ def test_calibrated_methods_compress_every_gemma3_linear_and_beat_their_calibrat
     assert stats["compressed_layers"] == 14 and stats["calib_blocks"] == 2
     layers = compress.compressible_layers(model)
     if compression.sparsity:
-        assert stats["sparsity"] == pytest.approx(0.5)
+        # Unstructured SparseGPT prunes scores <= its block threshold as the reference does: one weight
+        # more than asked per block of columns.
+        assert 0.5 <= stats["sparsity"] < 0.5 + 1e-3
     if compression.quant:
         for layer in layers.values():
             groups = layer.weight.reshape(-1, compression.quant.group_size)

@@ -57,8 +57,11 @@ def test_hqq_values_sit_on_one_affine_grid_per_group(bits):
         levels = torch.unique(group)
         assert levels.numel() <= 2**bits
         steps = levels.diff()
-        # Dequantized in float16 as the package does: each level carries float16 rounding (~2^-11 of its size).
-        assert torch.allclose(steps / steps.min(), torch.round(steps / steps.min()), atol=1e-2)
+        # Dequantized in float16 as the package does: each level carries float16 rounding (up to 2^-11 of
+        # its size), so a ratio of two steps (each the difference of two levels) is off by a few such
+        # roundings of the largest level, measured in steps; a non-affine set of levels is off by far more.
+        rounding = 8 * 2**-11 * levels.abs().max() / steps.min()
+        assert torch.allclose(steps / steps.min(), torch.round(steps / steps.min()), atol=float(rounding))
     rtn_error = (compressed("rtn", {}, QuantFormat(bits, 32, False), w) - w.double()).abs().mean()
     for out in (along_rows, strided.T):
         assert (out.reshape(8, 128) - w.double()).abs().mean() < 1.5 * rtn_error  # a sane quantizer, not noise
