@@ -113,9 +113,11 @@ def test_a_cancelled_job_is_completed_by_a_relaunch_without_duplicates(tmp_path)
 
 def test_a_job_at_its_time_limit_is_requeued_then_recorded_failed(tmp_path):
     # A 1-minute limit, SIGUSR2 5 s before it (Slurm signals on a 30 s tick: 25-55 s after the start),
-    # one requeue allowed; the point (Wanda calibration on 128 x 2048 tokens, then the whole pydoc test
-    # half) takes minutes, so both attempts reach the limit.
-    proc = launch(tmp_path, "model=tiny-random", "method=wanda", "sparsity=0.5", "seqlen=2048", "max_eval_tokens=10000000",
+    # one requeue allowed; the point (Wanda calibration on 128 x 2048 tokens through a 1024-wide random
+    # model, then the whole pydoc test half) takes minutes even on an idle machine, so both attempts
+    # reach the limit. (On the 64-wide test model it finished inside the minute when the CPU was idle.)
+    proc = launch(tmp_path, "model=tiny-random", "model.random.hidden_size=1024", "model.random.intermediate_size=4096",
+                  "method=wanda", "sparsity=0.5", "seqlen=2048", "max_eval_tokens=10000000",
                   "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=5", "hydra.launcher.max_num_timeout=1")
 
     def requeued_job():
