@@ -21,12 +21,7 @@ W4G16 = QuantFormat(bits=4, group_size=16, symmetric=False)
 SEQLEN = 48  # longer than the sliding window, so the local layer's mask differs from the global one's
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_gemma3() -> torch.nn.Module:
