@@ -11,6 +11,7 @@ float32 whatever the model dtype.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -27,6 +28,15 @@ class QuantFormat:
 
     def group_len(self, in_features: int) -> int:
         return in_features if self.group_size == -1 else self.group_size
+
+
+class ColumnParams(NamedTuple):
+    """Quantization parameters of the columns of one block of GPTQ's sweep, each [columns, rows] (one
+    column's row vector contiguous), and the largest code."""
+
+    scale: torch.Tensor
+    zero: torch.Tensor
+    maxq: int
 
 
 def quant_params(w: torch.Tensor, fmt: QuantFormat) -> tuple[torch.Tensor, torch.Tensor]:

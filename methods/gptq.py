@@ -9,16 +9,18 @@ diag 1 and zero weights, act-order sweeps columns by decreasing diag H.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from harness.calibration import LayerwiseMethod
 from harness.config import ConfigError
-from harness.quant import QuantFormat, grouped, quant_params, quantize_dequantize
+from harness.quant import ColumnParams, QuantFormat, grouped, quant_params, quantize_dequantize
 from harness.sparsity import SparsityPattern, nm_mask
 
 
 class ColumnQuantizer:
-    """Quantizes the columns of a sweep one at a time with GPTQ's group conventions (gptq.py fasterquant):
+    """The quantization parameters of a sweep's columns, with GPTQ's group conventions (gptq.py fasterquant):
       * per-row format (group_size -1): one (scale, zero) per row, from the weight it is given;
       * static groups: every group's parameters from the weight it is given, in the original column
         order (`order`: sweep position -> original column, with act-order), so a group stays
@@ -27,29 +29,48 @@ class ColumnQuantizer:
         `group_size` columns of the matrix being swept as it stands then: the current block's columns
         as they were at the start of the block, later ones with the updates of earlier blocks only
         (the reference's W[:, (i1 + i):(i1 + i + groupsize)]). With act-order these are consecutive
-        columns of the permuted matrix."""
+        columns of the permuted matrix.
+    The sweep never changes `weight` inside a block, so every column's parameters are known when a
+    block starts: `block_params` gives them all at once."""
 
     def __init__(self, fmt: QuantFormat, weight: torch.Tensor, order: torch.Tensor | None = None, static: bool = False) -> None:
         self.fmt = fmt
         self.group = fmt.group_len(weight.shape[1])
-        self.order = None if order is None else order.tolist()  # sweep position -> original column
         self.dynamic = fmt.group_size != -1 and not static
-        if not self.dynamic:
-            self.scale, self.zero = quant_params(grouped(weight, fmt), fmt)  # [rows, groups, 1]
+        if self.dynamic:
+            self.open_scale = self.open_zero = None  # [1, rows]: the group the sweep is in
+        else:
+            self.scale, self.zero = (p[..., 0].T.contiguous() for p in quant_params(grouped(weight, fmt), fmt))  # [groups, rows]
+            original = torch.arange(weight.shape[1], device=weight.device) if order is None else order
+            self.column_group = original // self.group  # sweep position -> group
 
-    def starts_group(self, column: int) -> bool:
-        return self.dynamic and column % self.group == 0
+    def block_params(self, weight: torch.Tensor, b0: int, b1: int) -> ColumnParams:
+        """Parameters of sweep columns b0..b1-1, each [b1 - b0, rows]; `weight` is the matrix being
+        swept as it stands at the start of the block."""
+        if self.dynamic:
+            scale, zero, group = self.started_groups(weight, b0, b1)
+        else:
+            scale, zero, group = self.scale, self.zero, self.column_group[b0:b1]
+        return ColumnParams(scale[group], zero[group], self.fmt.maxq)
 
-    def start_group(self, weights: torch.Tensor) -> None:
-        """Parameters of the group starting now, from its `group` columns."""
-        self.scale, self.zero = quant_params(weights, self.fmt)
-
-    def __call__(self, column: int, w: torch.Tensor) -> torch.Tensor:
-        scale, zero = self.scale, self.zero
-        if not self.dynamic:
-            original = column if self.order is None else self.order[column]
-            scale, zero = scale[:, original // self.group], zero[:, original // self.group]
-        return quantize_dequantize(w.unsqueeze(1), scale, zero, self.fmt.maxq).squeeze(1)
+    def started_groups(self, weight: torch.Tensor, b0: int, b1: int):
+        """Dynamic groups: the parameters of the groups that columns b0..b1-1 fall in, [groups, rows],
+        the open one carried from an earlier block first, and each column's index into them."""
+        g = self.group
+        first = -(-b0 // g) * g  # first group starting in this block
+        scale, zero = ([], []) if first == b0 else ([self.open_scale], [self.open_zero])
+        if first < b1:
+            starts = range(first, b1, g)
+            columns = weight[:, first : starts[-1] + g]
+            # The last group may run past the matrix (the reference slices it short): zero columns
+            # change nothing, since the range [min(w, 0), max(w, 0)] always holds 0.
+            columns = torch.nn.functional.pad(columns, (0, len(starts) * g - columns.shape[1]))
+            new_scale, new_zero = quant_params(columns.reshape(columns.shape[0], len(starts), g), self.fmt)
+            scale.append(new_scale[..., 0].T)
+            zero.append(new_zero[..., 0].T)
+        scale, zero = torch.cat(scale), torch.cat(zero)
+        self.open_scale, self.open_zero = scale[-1:], zero[-1:]
+        return scale, zero, torch.arange(b0, b1, device=weight.device) // g - b0 // g
 
 
 def column_quantizer(fmt: QuantFormat, weight: torch.Tensor, dead: torch.Tensor, static: bool = False, order=None) -> ColumnQuantizer:
@@ -111,39 +132,57 @@ def obs_sweep(
     Returns the compressed weight and the number of weights the masks kept (quantization may round
     some kept weights to 0 as well)."""
     out = torch.empty_like(weight)
-    cols = weight.shape[1]
-    group = quantizer.group if quantizer is not None else None
-    m = pattern.m if pattern is not None and pattern.is_nm else None
-    block = sweep_block(block_size, m)
+    rows, cols = weight.shape
+    nm = (pattern.n, pattern.m) if pattern is not None and pattern.is_nm else None
+    block = sweep_block(block_size, nm[1] if nm else None)
+    sweep_columns = partial(python_column_loop, nm=nm)
     kept = torch.zeros((), dtype=torch.int64, device=weight.device)
     for b0 in range(0, cols, block):
         b1 = min(b0 + block, cols)
-        w1 = weight[:, b0:b1].clone()
         hinv1 = hinv[b0:b1, b0:b1]
-        d = hinv1.diagonal()
-        err = torch.zeros_like(w1)
-        keep = None
-        if pattern is not None:
-            keep = torch.ones_like(w1, dtype=torch.bool)
-            if m is None:
-                keep = unstructured_keep(obs_score(w1, d), pattern.sparsity)
-        for i in range(b1 - b0):
-            if m is not None and i % m == 0:
-                keep[:, i : i + m] = nm_mask(obs_score(w1[:, i : i + m], d[i : i + m]), pattern.n, m)
-            if quantizer is not None and quantizer.starts_group(b0 + i):
-                # `weight`, not the block's updated copy w1: the reference's rule (ColumnQuantizer).
-                quantizer.start_group(weight[:, b0 + i : b0 + i + group])
-            w = w1[:, i]
-            q = w if keep is None else w.masked_fill(~keep[:, i], 0)
-            if quantizer is not None:
-                q = quantizer(b0 + i, q)
-            out[:, b0 + i] = q
-            e = (w - q) / d[i]
-            w1[:, i:] -= e.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
-            err[:, i] = e
+        keep = block_keep(weight[:, b0:b1], hinv1, pattern)
+        # From `weight`, not the block's updated columns: the reference's rule (ColumnQuantizer).
+        params = quantizer.block_params(weight, b0, b1) if quantizer is not None else None
+        err = sweep_columns(weight[:, b0:b1], hinv1, out[:, b0:b1], params, keep)
         weight[:, b1:] -= err @ hinv[b0:b1, b1:]
-        kept += w1.numel() if keep is None else keep.sum()
+        kept += rows * (b1 - b0) if keep is None else keep.sum()
     return out, int(kept)
+
+
+def block_keep(w: torch.Tensor, hinv1: torch.Tensor, pattern: SparsityPattern | None) -> torch.Tensor | None:
+    """A block's mask as known at its start: SparseGPT's unstructured mask, chosen from the whole block;
+    for N:M all True, filled in by the column loop every M columns."""
+    if pattern is None:
+        return None
+    if pattern.is_nm:
+        return torch.ones_like(w, dtype=torch.bool)
+    return unstructured_keep(obs_score(w, hinv1.diagonal()), pattern.sparsity)
+
+
+def python_column_loop(
+    w: torch.Tensor, hinv1: torch.Tensor, out: torch.Tensor, params: ColumnParams | None, keep: torch.Tensor | None,
+    nm: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """The sweep of one block, a column at a time: `w` [rows, width] the block of the weight (read
+    only), `hinv1` its diagonal block of the upper Cholesky factor of H^-1, `keep` the block's mask or
+    None; writes the compressed columns to `out` and returns the scaled errors [rows, width] for the
+    update of the later columns. With N:M (`nm`), fills `keep` every M columns from the updated weights."""
+    w1 = w.clone()
+    d = hinv1.diagonal()
+    err = torch.zeros_like(w1)
+    for i in range(w1.shape[1]):
+        if nm is not None and i % nm[1] == 0:
+            n, m = nm
+            keep[:, i : i + m] = nm_mask(obs_score(w1[:, i : i + m], d[i : i + m]), n, m)
+        w = w1[:, i]
+        q = w if keep is None else w.masked_fill(~keep[:, i], 0)
+        if params is not None:
+            q = quantize_dequantize(q, params.scale[i], params.zero[i], params.maxq)
+        out[:, i] = q
+        e = (w - q) / d[i]
+        w1[:, i:] -= e.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
+        err[:, i] = e
+    return err
 
 
 def gptq_quantize(
