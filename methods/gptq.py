@@ -5,7 +5,9 @@ error over the columns not yet quantized, through the inverse Hessian of the lay
 The column sweep (`obs_sweep`) is also SparseGPT's: both are Optimal Brain Surgeon updates with lazy
 batched updates of `block_size` columns. It follows the reference implementation: dampening
 H += damp * mean(diag H) * I, the upper Cholesky factor of H^-1, dead inputs (diag H = 0) get
-diag 1 and zero weights, act-order sweeps columns by decreasing diag H.
+diag 1 and zero weights, act-order sweeps columns by decreasing diag H. On CUDA each block of columns
+is one Triton launch (harness/obs_sweep_triton.py), equal bit for bit to the Python column loop here,
+which stays the reference and the CPU path.
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ class ColumnQuantizer:
         (the reference's W[:, (i1 + i):(i1 + i + groupsize)]). With act-order these are consecutive
         columns of the permuted matrix.
     The sweep never changes `weight` inside a block, so every column's parameters are known when a
-    block starts: `block_params` gives them all at once."""
+    block starts: `block_params` gives them all at once, for the Python column loop and the Triton
+    kernel alike."""
 
     def __init__(self, fmt: QuantFormat, weight: torch.Tensor, order: torch.Tensor | None = None, static: bool = False) -> None:
         self.fmt = fmt
@@ -124,18 +127,21 @@ def obs_sweep(
     block_size: int,
     quantizer: ColumnQuantizer | None = None,
     pattern: SparsityPattern | None = None,
+    use_triton: bool | None = None,
 ) -> torch.Tensor:
     """The OBS column sweep of GPTQ and SparseGPT. `weight` [rows, cols] float32 is used as scratch;
     `hinv` is the upper Cholesky factor of H^-1. Each column is pruned (if `pattern`: its mask chosen
     per block for unstructured sparsity, per M columns for N:M, from `obs_score`), then quantized
     (if `quantizer`: SparseGPT's joint mode), and its error is spread over the later columns.
+    The columns of a block are swept by one Triton launch (harness/obs_sweep_triton.py) when
+    `use_triton` says so; None: on CUDA, unless N:M (whose masks are chosen inside the block).
     Returns the compressed weight and the number of weights the masks kept (quantization may round
     some kept weights to 0 as well)."""
     out = torch.empty_like(weight)
     rows, cols = weight.shape
     nm = (pattern.n, pattern.m) if pattern is not None and pattern.is_nm else None
     block = sweep_block(block_size, nm[1] if nm else None)
-    sweep_columns = partial(python_column_loop, nm=nm)
+    sweep_columns = column_loop(weight, nm, use_triton)
     kept = torch.zeros((), dtype=torch.int64, device=weight.device)
     for b0 in range(0, cols, block):
         b1 = min(b0 + block, cols)
@@ -159,11 +165,25 @@ def block_keep(w: torch.Tensor, hinv1: torch.Tensor, pattern: SparsityPattern | 
     return unstructured_keep(obs_score(w, hinv1.diagonal()), pattern.sparsity)
 
 
+def column_loop(weight: torch.Tensor, nm: tuple[int, int] | None, use_triton: bool | None):
+    """The sweep of one block's columns: the Triton kernel or `python_column_loop` (with N:M's (n, m))."""
+    if use_triton is None:
+        use_triton = weight.is_cuda and nm is None
+    if not use_triton:
+        return partial(python_column_loop, nm=nm)
+    if nm is not None:
+        raise ValueError("the Triton sweep takes masks chosen per block: N:M masks are chosen inside it")
+    from harness.obs_sweep_triton import sweep_block as triton_sweep_block  # imports triton
+
+    return triton_sweep_block
+
+
 def python_column_loop(
     w: torch.Tensor, hinv1: torch.Tensor, out: torch.Tensor, params: ColumnParams | None, keep: torch.Tensor | None,
     nm: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """The sweep of one block, a column at a time: `w` [rows, width] the block of the weight (read
+    """The sweep of one block, a column at a time (the reference for harness/obs_sweep_triton.py
+    sweep_block, which takes the same arguments): `w` [rows, width] the block of the weight (read
     only), `hinv1` its diagonal block of the upper Cholesky factor of H^-1, `keep` the block's mask or
     None; writes the compressed columns to `out` and returns the scaled errors [rows, width] for the
     update of the later columns. With N:M (`nm`), fills `keep` every M columns from the updated weights."""
@@ -193,10 +213,12 @@ def gptq_quantize(
     block_size: int = 128,
     act_order: bool = False,
     static_groups: bool = False,
+    use_triton: bool | None = None,
 ) -> torch.Tensor:
     """GPTQ of a [rows, cols] weight given its input Hessian (gptq.py fasterquant); returns the
     fake-quantized weight in float32. With `act_order`, columns are swept by decreasing diag H;
-    `static_groups` computes every group's parameters before the sweep (ColumnQuantizer)."""
+    `static_groups` computes every group's parameters before the sweep (ColumnQuantizer);
+    `use_triton` as in `obs_sweep`."""
     w = weight.float().clone()
     dead = dead_inputs(hessian)
     order = torch.argsort(hessian.diagonal(), descending=True, stable=True) if act_order else None
@@ -204,7 +226,7 @@ def gptq_quantize(
     w[:, dead] = 0
     if order is not None:
         w, hessian = w[:, order], hessian[order][:, order]
-    q, _ = obs_sweep(w, inverse_hessian_upper(hessian, damp), block_size, quantizer)
+    q, _ = obs_sweep(w, inverse_hessian_upper(hessian, damp), block_size, quantizer, use_triton=use_triton)
     return q if order is None else q[:, torch.argsort(order)]
 
 

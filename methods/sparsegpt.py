@@ -21,14 +21,15 @@ def sparsegpt_prune(
     pattern: SparsityPattern,
     fmt: QuantFormat | None = None,
     block_size: int = 128,
+    use_triton: bool | None = None,
 ) -> torch.Tensor:
     """SparseGPT of a [rows, cols] weight given the upper Cholesky factor of its damped inverse
     Hessian (gptq.inverse_hessian_upper) and its dead inputs; returns the float32 result and the
-    number of weights its mask kept."""
+    number of weights its mask kept. `use_triton` as in gptq.obs_sweep."""
     w = weight.float().clone()
     quantizer = column_quantizer(fmt, w, dead) if fmt is not None else None
     w[:, dead] = 0
-    return obs_sweep(w, hinv, block_size, quantizer, pattern)
+    return obs_sweep(w, hinv, block_size, quantizer, pattern, use_triton)
 
 
 class SparseGPT(LayerwiseMethod):
