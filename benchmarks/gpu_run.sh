@@ -6,7 +6,9 @@
 #   check      GPU tests (tests/test_gpu.py, tests/test_kernels_gpu.py and the spine's numerical tests) on CUDA
 #   kernel_ppl SmolLM2 perplexity through the real kernels against simulated compression (needs smollm2)
 #   speed      calibration engine at Llama-3-8B shape, all 32 blocks (benchmarks/calibration_speed.py);
-#              SPEED_RUNS picks the runs (default: both)
+#              SPEED_RUNS picks the runs (default: all four), SPEED_FLAGS adds flags (e.g. --on-gpu)
+#   sweep      the Triton block sweep of GPTQ/SparseGPT: its CUDA tests (bitwise equal to the Python
+#              column loop) and per-shape timings Python vs Triton (benchmarks/obs_sweep_speed.py)
 #   smollm2    join SmolLM2's GGUF halves (.device/a, .device/b; they may come in different calls) and
 #              save the dequantized model as a Hugging Face folder, so each run loads in seconds
 #   gemma      join Gemma-3-270M's GGUF from the parts carried in .device/g0 .. .device/g4 (one per call:
@@ -116,13 +118,17 @@ for stage in "${@:-check}"; do
   case "$stage" in
   carry) ;;
   check)
-    python3 -m pytest -q tests/test_gpu.py tests/test_kernels_gpu.py tests/test_rtn.py tests/test_magnitude.py tests/test_perplexity.py 2>&1 | tail -6
+    python3 -m pytest -q tests/test_gpu.py tests/test_kernels_gpu.py tests/test_obs_sweep_triton.py tests/test_rtn.py tests/test_magnitude.py tests/test_perplexity.py 2>&1 | tail -6
     ;;
   kernel_ppl)
     python3 benchmarks/kernel_perplexity.py model.package=null model.path="$HF_DIR" model.gguf_file=null 2>&1 | grep "^|\|Error"
     ;;
   speed)
-    python3 benchmarks/calibration_speed.py --runs "${SPEED_RUNS:-gptq w4g128,awq w4g128,sparsegpt 50%,wanda 50%}" 2>&1 | grep -v "calibration block"
+    python3 benchmarks/calibration_speed.py --runs "${SPEED_RUNS:-gptq w4g128,awq w4g128,sparsegpt 50%,wanda 50%}" ${SPEED_FLAGS:-} 2>&1 | grep -v "calibration block"
+    ;;
+  sweep)
+    python3 -m pytest -q tests/test_obs_sweep_triton.py 2>&1 | tail -4 || true  # failures show above; time it still
+    python3 benchmarks/obs_sweep_speed.py ${SWEEP_FLAGS:-}
     ;;
   smollm2)
     [ -d "$HF_DIR" ] && continue
