@@ -41,6 +41,10 @@ mkdir -p "$OUT" "$MODEL_DIR" "$GEMMA_DIR" "$RESULTS"
 SITE=$(python3 -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 python3 -m pip install -q --no-index --no-deps --no-compile .whl/*.whl 2>&1 | grep -v "already installed" || true
 [ -d .device/pylib ] && cp -r .device/pylib/. "$SITE/"
+# transformers as on the developer machine and CI (5.24 with its hub/tokenizers/safetensors), where
+# carried in .device/tf: the image's 5.17 turns Gemma-3-270M's GGUF into a model that answers "1 1 1 1"
+# (pydoc perplexity 1,603; 2026-12-01), where 5.24 on the CPU gave sane answers.
+if compgen -G ".device/tf/*.whl" >/dev/null; then python3 -m pip install -q --no-index --no-deps --no-compile .device/tf/*.whl 2>&1 | grep -v "already installed" || true; fi
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/dev/null
 for part in .device/a/gguf.part00 .device/b/gguf.part01; do [ -f "$part" ] && cp "$part" "$MODEL_DIR/"; done
 for part in .device/g*/gemma.part*; do [ -f "$part" ] && cp "$part" "$GEMMA_DIR/"; done
@@ -81,6 +85,21 @@ model.config.__dict__.pop("quantization_config", None)
 model.save_pretrained(dest)
 models.load_tokenizer(cfg).save_pretrained(dest)
 print("saved", dest)
+PY
+}
+
+# sane_model DIR: greedy continuation of a fact every model here knows, on CUDA in bfloat16 as the runs
+# use it; stops the script when it lacks the answer (a broken conversion must not fill a table).
+sane_model() {
+  python3 - "$1" <<'PY'
+import sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16).cuda()
+ids = tok("The capital of France is", return_tensors="pt").input_ids.cuda()
+text = tok.decode(model.generate(ids, max_new_tokens=8, do_sample=False)[0, ids.shape[1]:])
+print("sanity:", ids.tolist(), "->", repr(text))
+sys.exit(0 if "Paris" in text else 1)
 PY
 }
 
@@ -135,12 +154,14 @@ for stage in "${@:-check}"; do
     cat "$MODEL_DIR/gguf.part00" "$MODEL_DIR/gguf.part01" > "$MODEL_DIR/SmolLM2-135M-Instruct.Q4_1.gguf"
     (cd "$MODEL_DIR" && sha256sum SmolLM2-135M-Instruct.Q4_1.gguf) | diff - <(sed 's#  .*/#  #' .device/gguf.sha256)
     save_hf smollm2-135m "$MODEL_DIR" SmolLM2-135M-Instruct.Q4_1.gguf "$HF_DIR"
+    sane_model "$HF_DIR"
     ;;
   gemma)
     [ -d "$GEMMA_HF" ] && continue
     cat "$GEMMA_DIR"/gemma.part* > "$GEMMA_DIR/$GEMMA_GGUF"
     echo "$GEMMA_SHA256  $GEMMA_DIR/$GEMMA_GGUF" | sha256sum -c -
     save_hf gemma3-270m "$GEMMA_DIR" "$GEMMA_GGUF" "$GEMMA_HF"
+    sane_model "$GEMMA_HF"
     ;;
   kick)
     run_sweeps KICK KICK_SWEEPS
