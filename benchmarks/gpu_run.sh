@@ -88,18 +88,23 @@ print("saved", dest)
 PY
 }
 
-# sane_model DIR: greedy continuation of a fact every model here knows, on CUDA in bfloat16 as the runs
-# use it; stops the script when it lacks the answer (a broken conversion must not fill a table).
+# sane_model DIR: perplexity of four well-known facts on CUDA in bfloat16, as the runs use the model, and
+# its greedy continuation of the first; stops the script above perplexity 50 (sane models of this size
+# score far below it; the broken Gemma conversion of transformers 5.17 scored pydoc 1,603), so a broken
+# conversion never fills a table.
 sane_model() {
   python3 - "$1" <<'PY'
 import sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 tok = AutoTokenizer.from_pretrained(sys.argv[1])
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16).cuda()
-ids = tok("The capital of France is", return_tensors="pt").input_ids.cuda()
-text = tok.decode(model.generate(ids, max_new_tokens=8, do_sample=False)[0, ids.shape[1]:])
-print("sanity:", ids.tolist(), "->", repr(text))
-sys.exit(0 if "Paris" in text else 1)
+text = "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is Rome. The capital of Spain is Madrid."
+ids = tok(text, return_tensors="pt").input_ids.cuda()
+ppl = torch.exp(model(ids, labels=ids).loss).item()
+prompt = tok("The capital of France is", return_tensors="pt").input_ids.cuda()
+cont = tok.decode(model.generate(prompt, max_new_tokens=8, do_sample=False)[0, prompt.shape[1]:])
+print(f"sanity: perplexity {ppl:.2f} on four capitals; 'The capital of France is' -> {cont!r}")
+sys.exit(0 if ppl < 50 else 1)
 PY
 }
 
@@ -126,9 +131,9 @@ run_sweeps() {
   for sweep in "${sweeps[@]}"; do
     if (( SECONDS - start > ${TABLE_DEADLINE_S:-520} )); then echo "deadline: not started: $sweep"; continue; fi
     # shellcheck disable=SC2086
-    python3 -m harness -m "${args[@]}" $sweep 2>&1 | grep -E "INFO\] - (pydoc|compressed|run .* (ok|failed))|Error|error" || true
+    python3 -m harness -m "${args[@]}" $sweep 2>&1 | grep -E "INFO\] - (pydoc:|compressed|run .* (ok|failed))|Error|error" || true
+    cp -r "$RESULTS" "$OUT/"  # after every sweep: what a call cut by its time limit finished still comes back
   done
-  cp -r "$RESULTS" "$OUT/"
   python3 benchmarks/results_table.py "$RESULTS"
 }
 

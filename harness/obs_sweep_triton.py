@@ -39,18 +39,18 @@ def _quantize_dequantize(w, scale, zero, maxq):
 @triton.jit
 def _obs_block_kernel(
     w_ptr, w_stride, hinv_ptr, hinv_stride, scale_ptr, zero_ptr, param_stride, keep_ptr, keep_stride,
-    out_ptr, out_stride, err_ptr, err_stride, rows, width, maxq,
-    QUANTIZE: tl.constexpr, PRUNE: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
+    out_ptr, out_stride, err_ptr, err_stride, rows, maxq,
+    QUANTIZE: tl.constexpr, PRUNE: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, WIDTH: tl.constexpr,
 ):
     r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     c = tl.arange(0, COLS)
     in_rows = r < rows
-    in_tile = in_rows[:, None] & (c < width)[None, :]
+    in_tile = in_rows[:, None] & (c < WIDTH)[None, :]
     w1 = tl.load(w_ptr + r[:, None] * w_stride + c[None, :], mask=in_tile, other=0.0)
     q_tile = tl.zeros([ROWS, COLS], dtype=tl.float32)
     e_tile = tl.zeros([ROWS, COLS], dtype=tl.float32)
-    for i in range(width):
-        h = tl.load(hinv_ptr + i * hinv_stride + c, mask=c < width, other=0.0)  # row i of H^-1 (upper)
+    for i in range(WIDTH):  # a compile-time bound: Triton 3.6's interpreter cannot loop to a runtime scalar
+        h = tl.load(hinv_ptr + i * hinv_stride + c, mask=c < WIDTH, other=0.0)  # row i of H^-1 (upper)
         d = tl.load(hinv_ptr + i * hinv_stride + i)
         at_i = c[None, :] == i
         w = tl.sum(tl.where(at_i, w1, 0.0), axis=1)  # column i, exact: every other term is 0
@@ -96,8 +96,8 @@ def sweep_block(
         assert t.stride(-1) == 1, "the kernel reads rows with unit column stride"
     _obs_block_kernel[(triton.cdiv(rows, block_rows),)](
         w, w.stride(0), hinv1, hinv1.stride(0), scale, zero, scale.stride(0), keep_bytes, keep_bytes.stride(0),
-        out, out.stride(0), err, err.stride(0), rows, width, params.maxq if params is not None else 0,
-        QUANTIZE=params is not None, PRUNE=keep is not None, ROWS=block_rows, COLS=cols,
+        out, out.stride(0), err, err.stride(0), rows, params.maxq if params is not None else 0,
+        QUANTIZE=params is not None, PRUNE=keep is not None, ROWS=block_rows, COLS=cols, WIDTH=width,
         num_warps=num_warps, enable_fp_fusion=False,
     )
     return err
