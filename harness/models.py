@@ -16,6 +16,8 @@ import os
 from typing import Any
 
 import torch
+import transformers
+from packaging.version import Version
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerFast
 
 from harness import hub
@@ -65,9 +67,31 @@ def architecture(model_cfg: dict[str, Any]):
     if offline:
         raise ConfigError(f"model={model_cfg['name']}: {path!r} is a hub id, but {offline}; set model.path to a local copy")
     try:
-        return AutoConfig.from_pretrained(path, **kwargs)
+        config = AutoConfig.from_pretrained(path, **kwargs)
     except OSError as err:
         raise ConfigError(f"model={model_cfg['name']}: cannot read its config from {path!r}: {err}") from None
+    problem = gguf_loader_problem(config.model_type, transformers.__version__) if kwargs.get("gguf_file") else None
+    if problem:
+        raise ConfigError(f"model={model_cfg['name']}: {problem}")
+    return config
+
+
+# GGUF architectures whose conversion is known broken before a transformers release: model type ->
+# (first release seen to work, what was seen before it).
+GGUF_MIN_TRANSFORMERS = {
+    "gemma3_text": ("5.24", "transformers 5.17 turned Gemma-3-270M's GGUF into a model that answers '1 1 1 1' "
+                    "(pydoc perplexity 1,603 against 15.96 with 5.24; benchmarks/NOTES.md, 2026-12-01)"),
+}
+
+
+def gguf_loader_problem(model_type: str, transformers_version: str) -> str | None:
+    """Why this transformers cannot load a GGUF of `model_type` correctly, or None."""
+    if model_type not in GGUF_MIN_TRANSFORMERS:
+        return None
+    minimum, seen = GGUF_MIN_TRANSFORMERS[model_type]
+    if Version(transformers_version) >= Version(minimum):
+        return None
+    return f"loading a {model_type} GGUF needs transformers >= {minimum}, this is {transformers_version}: {seen}"
 
 
 def skeleton(model_cfg: dict[str, Any]) -> torch.nn.Module:

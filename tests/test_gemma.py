@@ -107,3 +107,9 @@ def test_gemma3_270m_config_takes_the_papers_group_size_128(hydra_cfg):
     assert skeleton.config.hidden_size == 640 and len(find_blocks(skeleton)) == 18
     tokenizer = models.load_tokenizer(exp.config["model"])
     assert tokenizer("The capital of France").input_ids[0] == tokenizer.bos_token_id
+
+
+def test_a_gemma3_gguf_is_refused_on_the_transformers_release_that_broke_it_and_taken_on_the_one_that_works():
+    assert "5.24" in models.gguf_loader_problem("gemma3_text", "5.17.0")
+    assert models.gguf_loader_problem("gemma3_text", "5.24.0") is None
+    assert models.gguf_loader_problem("llama", "5.17.0") is None  # no other GGUF is known broken there
