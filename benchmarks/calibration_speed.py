@@ -3,7 +3,7 @@
 Builds a Llama with random weights in bfloat16 (hidden 4096, intermediate 14336, 32 layers, 32 heads,
 8 KV heads, vocab 128256) in CPU memory, as the harness keeps a calibrated model, draws random
 calibration tokens (128 x 2048), and runs GPTQ w4g128, AWQ w4g128, SparseGPT 50% and Wanda 50% with
-their defaults through harness/calibration.py, which moves one block at a time to the GPU. Prints each
+their defaults through harness/numerics/calibration.py, which moves one block at a time to the GPU. Prints each
 run's wall time and peak GPU memory (torch.cuda.max_memory_allocated) as it finishes, then the table
 with the goals (GPTQ < 2 min, AWQ < 4 min, peak < 8 GiB). Random weights and tokens are enough: the
 work per block does not depend on the values, so one model serves every run (each compresses the
@@ -25,12 +25,12 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from harness.calibration import gram
+from harness.numerics.calibration import gram
 from harness.compress import compressible_layers
 from harness.config import Compression
 from harness.methods import load_method
-from harness.quant import QuantFormat
-from harness.sparsity import SparsityPattern
+from harness.numerics.quant import QuantFormat
+from harness.numerics.sparsity import SparsityPattern
 
 LLAMA3_8B = dict(
     hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,

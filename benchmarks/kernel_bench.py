@@ -25,8 +25,8 @@ import triton
 from harness import compress, kernels, latency
 from harness.config import Compression
 from harness.kernels import bf16, intq, nf4, sparse24
-from harness.quant import QuantFormat, fake_quantize
-from harness.sparsity import SparsityPattern, nm_mask
+from harness.numerics.quant import QuantFormat, fake_quantize
+from harness.numerics.sparsity import SparsityPattern, nm_mask
 
 SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336), (1024, 4096)]  # (N out, K in)
 L2_BYTES = 60 * 2**20

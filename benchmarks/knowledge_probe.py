@@ -23,7 +23,7 @@ from harness.config import Compression
 from harness.generation import cut_at_stop, encode_pair, exact_match, normalize_answer
 from harness.judge import as_chat, model_config
 from harness.methods import load_method
-from harness.sparsity import SparsityPattern
+from harness.numerics.sparsity import SparsityPattern
 from harness.tasks import build, resolve_specs
 from harness.tasks.retrieval_qa import prediction
 

@@ -1,5 +1,5 @@
 """The OBS column sweep (methods/gptq.py `obs_sweep`) on one GPU at the shapes GPTQ sweeps in one
-Llama-3-8B block: the Python column loop against the Triton block kernel (harness/obs_sweep_triton.py),
+Llama-3-8B block: the Python column loop against the Triton block kernel (harness/numerics/obs_sweep_triton.py),
 for GPTQ w4g128 and SparseGPT 50% unstructured. Random weights and a random SPD Hessian (the work does
 not depend on the values). Each sweep is timed with CUDA events after a warm-up (Triton's compile):
 the median of --repeats, the ratio, and whether both give the same weights (they must, bit for bit).
@@ -17,9 +17,9 @@ import statistics
 import torch
 
 from harness.methods.gptq import ColumnQuantizer, inverse_hessian_upper, obs_sweep
-from harness.obs_sweep_triton import sweep_block
-from harness.quant import QuantFormat
-from harness.sparsity import SparsityPattern
+from harness.numerics.obs_sweep_triton import sweep_block
+from harness.numerics.quant import QuantFormat
+from harness.numerics.sparsity import SparsityPattern
 
 SHAPES = {  # what GPTQ sweeps at once: the linears that share an input are concatenated
     "q,k,v": (6144, 4096),

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from harness.quant import QuantFormat
-from harness.sparsity import SparsityPattern, parse_pattern
+from harness.numerics.quant import QuantFormat
+from harness.numerics.sparsity import SparsityPattern, parse_pattern
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Keys that say where, whether and how to run, not what the experiment is: not recorded, not in the run id.

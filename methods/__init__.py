@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from harness.config import Compression, ConfigError
-from harness.quant import QuantFormat
+from harness.numerics.quant import QuantFormat
 
 
 class Method:

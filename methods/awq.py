@@ -34,10 +34,10 @@ from functools import partial
 import torch
 from torch import nn
 
-from harness.calibration import BlockCall, InputStats, LayerwiseMethod, block_output, capture_stats
+from harness.numerics.calibration import BlockCall, InputStats, LayerwiseMethod, block_output, capture_stats
 from harness.config import ConfigError
 from harness.methods.gptq import gptq_quantize
-from harness.quant import QuantFormat, fake_quantize, grouped
+from harness.numerics.quant import QuantFormat, fake_quantize, grouped
 
 log = logging.getLogger("harness")
 

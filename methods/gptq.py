@@ -1,12 +1,12 @@
 """GPTQ (Frantar et al., 2022): quantize one input column at a time and spread each column's rounding
 error over the columns not yet quantized, through the inverse Hessian of the layer-output error
-||WX - W'X||^2 (H = 2 X^T X / n_samples, from harness/calibration.py).
+||WX - W'X||^2 (H = 2 X^T X / n_samples, from harness/numerics/calibration.py).
 
 The column sweep (`obs_sweep`) is also SparseGPT's: both are Optimal Brain Surgeon updates with lazy
 batched updates of `block_size` columns. It follows the reference implementation: dampening
 H += damp * mean(diag H) * I, the upper Cholesky factor of H^-1, dead inputs (diag H = 0) get
 diag 1 and zero weights, act-order sweeps columns by decreasing diag H. On CUDA each block of columns
-is one Triton launch (harness/obs_sweep_triton.py), equal bit for bit to the Python column loop here,
+is one Triton launch (harness/numerics/obs_sweep_triton.py), equal bit for bit to the Python column loop here,
 which stays the reference and the CPU path.
 """
 from __future__ import annotations
@@ -15,10 +15,10 @@ from functools import partial
 
 import torch
 
-from harness.calibration import LayerwiseMethod
+from harness.numerics.calibration import LayerwiseMethod
 from harness.config import ConfigError
-from harness.quant import ColumnParams, QuantFormat, grouped, quant_params, quantize_dequantize
-from harness.sparsity import SparsityPattern, nm_mask
+from harness.numerics.quant import ColumnParams, QuantFormat, grouped, quant_params, quantize_dequantize
+from harness.numerics.sparsity import SparsityPattern, nm_mask
 
 
 class ColumnQuantizer:
@@ -133,7 +133,7 @@ def obs_sweep(
     `hinv` is the upper Cholesky factor of H^-1. Each column is pruned (if `pattern`: its mask chosen
     per block for unstructured sparsity, per M columns for N:M, from `obs_score`), then quantized
     (if `quantizer`: SparseGPT's joint mode), and its error is spread over the later columns.
-    The columns of a block are swept by one Triton launch (harness/obs_sweep_triton.py) when
+    The columns of a block are swept by one Triton launch (harness/numerics/obs_sweep_triton.py) when
     `use_triton` says so; None: on CUDA, unless N:M (whose masks are chosen inside the block).
     Returns the compressed weight and the number of weights the masks kept (quantization may round
     some kept weights to 0 as well)."""
@@ -173,7 +173,7 @@ def column_loop(weight: torch.Tensor, nm: tuple[int, int] | None, use_triton: bo
         return partial(python_column_loop, nm=nm)
     if nm is not None:
         raise ValueError("the Triton sweep takes masks chosen per block: N:M masks are chosen inside it")
-    from harness.obs_sweep_triton import sweep_block as triton_sweep_block  # imports triton
+    from harness.numerics.obs_sweep_triton import sweep_block as triton_sweep_block  # imports triton
 
     return triton_sweep_block
 
@@ -182,7 +182,7 @@ def python_column_loop(
     w: torch.Tensor, hinv1: torch.Tensor, out: torch.Tensor, params: ColumnParams | None, keep: torch.Tensor | None,
     nm: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """The sweep of one block, a column at a time (the reference for harness/obs_sweep_triton.py
+    """The sweep of one block, a column at a time (the reference for harness/numerics/obs_sweep_triton.py
     sweep_block, which takes the same arguments): `w` [rows, width] the block of the weight (read
     only), `hinv1` its diagonal block of the upper Cholesky factor of H^-1, `keep` the block's mask or
     None; writes the compressed columns to `out` and returns the scaled errors [rows, width] for the

@@ -2,7 +2,7 @@
 import torch
 
 from harness.methods import Method
-from harness.sparsity import layer_mask
+from harness.numerics.sparsity import layer_mask
 
 
 class Magnitude(Method):

@@ -2,7 +2,7 @@
 import torch
 
 from harness.methods import Method
-from harness.quant import fake_quantize
+from harness.numerics.quant import fake_quantize
 
 
 class RoundToNearest(Method):

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import torch
 
-from harness.calibration import LayerwiseMethod
+from harness.numerics.calibration import LayerwiseMethod
 from harness.config import ConfigError
 from harness.methods.gptq import column_quantizer, dead_inputs, inverse_hessian_upper, obs_sweep
-from harness.quant import QuantFormat
-from harness.sparsity import SparsityPattern
+from harness.numerics.quant import QuantFormat
+from harness.numerics.sparsity import SparsityPattern
 
 
 def sparsegpt_prune(

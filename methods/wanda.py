@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.calibration import LayerwiseMethod
-from harness.sparsity import SparsityPattern, layer_mask
+from harness.numerics.calibration import LayerwiseMethod
+from harness.numerics.sparsity import SparsityPattern, layer_mask
 
 
 def wanda_mask(weight: torch.Tensor, sq_norm: torch.Tensor, pattern: SparsityPattern) -> torch.Tensor:

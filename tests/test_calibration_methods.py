@@ -20,7 +20,7 @@ import yaml
 from transformers import AutoModelForCausalLM, Gemma3TextConfig, Qwen2Config
 
 from harness import data, models
-from harness.calibration import STATISTICS, calibrate, find_blocks, groupwise
+from harness.numerics.calibration import STATISTICS, calibrate, find_blocks, groupwise
 from harness.compress import compressible_layers
 from harness.config import Compression, ConfigError
 from harness.methods import load_method
@@ -28,8 +28,8 @@ from harness.methods.awq import scaled_fake_quantize
 from harness.methods.gptq import dead_inputs, gptq_quantize, inverse_hessian_upper
 from harness.methods.sparsegpt import sparsegpt_prune
 from harness.methods.wanda import wanda_mask
-from harness.quant import QuantFormat, fake_quantize, grouped
-from harness.sparsity import SparsityPattern, layer_mask
+from harness.numerics.quant import QuantFormat, fake_quantize, grouped
+from harness.numerics.sparsity import SparsityPattern, layer_mask
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = yaml.safe_load((REPO / "conf/model/tiny-random.yaml").read_text())

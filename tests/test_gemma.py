@@ -11,11 +11,11 @@ import torch
 from transformers import AutoModelForCausalLM, Gemma3TextConfig
 
 from harness import compress, data, models
-from harness.calibration import find_blocks
+from harness.numerics.calibration import find_blocks
 from harness.config import Compression
 from harness.methods import load_method
-from harness.quant import QuantFormat
-from harness.sparsity import SparsityPattern
+from harness.numerics.quant import QuantFormat
+from harness.numerics.sparsity import SparsityPattern
 
 W4G16 = QuantFormat(bits=4, group_size=16, symmetric=False)
 SEQLEN = 48  # longer than the sliding window, so the local layer's mask differs from the global one's

@@ -3,11 +3,11 @@ import pytest
 import torch
 
 from conftest import TINY, records, run_cli
-from harness.calibration import gram
+from harness.numerics.calibration import gram
 from harness.config import Compression
 from harness.methods import load_method
 from harness.methods.rtn import RoundToNearest
-from harness.quant import QuantFormat
+from harness.numerics.quant import QuantFormat
 
 pytestmark = pytest.mark.gpu
 

@@ -5,7 +5,7 @@ import torch
 from conftest import TINY, records, run_cli
 from harness.config import Compression, ConfigError
 from harness.methods import load_method
-from harness.quant import QuantFormat
+from harness.numerics.quant import QuantFormat
 from harness.run import plan
 
 # QLoRA's NormalFloat4 code book (Dettmers et al., 2023, appendix E).

@@ -12,8 +12,8 @@ import torch
 from harness import compress, kernels, latency, models
 from harness.config import Compression, ConfigError
 from harness.kernels import intq
-from harness.quant import QuantFormat, fake_quantize
-from harness.sparsity import SparsityPattern
+from harness.numerics.quant import QuantFormat, fake_quantize
+from harness.numerics.sparsity import SparsityPattern
 
 LAYOUTS = [(2, 32, 256), (3, 64, 192), (3, -1, 200), (4, 128, 512), (8, -1, 576), (8, 256, 512)]
 
@@ -121,7 +121,7 @@ def test_latency_unavailable_records_the_reason(method, compression, reason):
 INTERPRETED = """
 import torch
 from harness.kernels import intq
-from harness.quant import QuantFormat, fake_quantize
+from harness.numerics.quant import QuantFormat, fake_quantize
 torch.manual_seed(0)
 for bits, group, n, k, m, kind, config in [(4, 128, 40, 256, 1, "gemv", (8, 2, 4)), (3, 64, 24, 192, 3, "gemv", (8, 1, 4)),
                                            (2, -1, 17, 200, 2, "gemv", (16, 1, 4)), (3, 32, 30, 128, 9, "dequant", ())]:

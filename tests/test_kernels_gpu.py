@@ -13,8 +13,8 @@ triton = pytest.importorskip("triton")
 from harness import kernels, latency, models
 from harness.config import Compression
 from harness.kernels import intq, nf4, sparse24
-from harness.quant import QuantFormat, fake_quantize
-from harness.sparsity import nm_mask
+from harness.numerics.quant import QuantFormat, fake_quantize
+from harness.numerics.sparsity import nm_mask
 
 pytestmark = pytest.mark.gpu
 TOL = 1e-2

@@ -4,7 +4,7 @@ import torch
 
 from harness.config import Compression
 from harness.methods.magnitude import Magnitude
-from harness.sparsity import SparsityPattern
+from harness.numerics.sparsity import SparsityPattern
 
 
 def prune(weight, pattern):

@@ -1,4 +1,4 @@
-"""The Triton block sweep (harness/obs_sweep_triton.py) against the Python column loop of
+"""The Triton block sweep (harness/numerics/obs_sweep_triton.py) against the Python column loop of
 methods/gptq.py `obs_sweep`, through GPTQ and SparseGPT as the methods call them: on the CPU in
 Triton's interpreter (small matrices several blocks wide), on CUDA at Llama-3-8B's shapes.
 
@@ -20,8 +20,8 @@ import torch
 
 from harness.methods.gptq import dead_inputs, gptq_quantize, inverse_hessian_upper, obs_sweep
 from harness.methods.sparsegpt import sparsegpt_prune
-from harness.quant import QuantFormat
-from harness.sparsity import SparsityPattern
+from harness.numerics.quant import QuantFormat
+from harness.numerics.sparsity import SparsityPattern
 
 W4G128, W4G64 = QuantFormat(4, 128, False), QuantFormat(4, 64, False)
 HALF = SparsityPattern(0.5)

@@ -15,11 +15,11 @@ from harness.methods import load_method
 from harness.methods.gptq import dead_inputs, gptq_quantize, inverse_hessian_upper
 from harness.methods.sparsegpt import sparsegpt_prune
 from harness.methods.wanda import wanda_mask
-from harness.quant import QuantFormat
-from harness.sparsity import SparsityPattern
+from harness.numerics.quant import QuantFormat
+from harness.numerics.sparsity import SparsityPattern
 
 from test_calibration_methods import tiny_model, calibration  # noqa: F401  (the fixture)
-from harness.calibration import find_blocks
+from harness.numerics.calibration import find_blocks
 
 ROWS, COLS, BLOCK = 96, 512, 128
 TOLERANCE = 1e-5  # largest |difference| allowed, relative to max |W|

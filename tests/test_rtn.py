@@ -7,7 +7,7 @@ import torch
 from harness.compress import layer_bits
 from harness.config import Compression
 from harness.methods.rtn import RoundToNearest
-from harness.quant import QuantFormat
+from harness.numerics.quant import QuantFormat
 
 
 def reference_rtn(w: torch.Tensor, bits: int, group: int, symmetric: bool):

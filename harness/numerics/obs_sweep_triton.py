@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from harness.quant import ColumnParams
+from harness.numerics.quant import ColumnParams
 
 # x + 1.5 * 2^23 - 1.5 * 2^23 rounds an fp32 |x| <= 2^22 to an integer, half to even (as torch.round):
 # the sum lies in [2^23, 2^24], where fp32 holds integers only.
@@ -28,7 +28,7 @@ ROUNDER_RANGE = tl.constexpr(4194304.0)
 
 @triton.jit
 def _quantize_dequantize(w, scale, zero, maxq):
-    """harness/quant.py quantize_dequantize: scale * (clamp(round(w / scale) + zero, 0, maxq) - zero).
+    """harness/numerics/quant.py quantize_dequantize: scale * (clamp(round(w / scale) + zero, 0, maxq) - zero).
     Values past +-2^22 are clamped before rounding: the final clamp to [0, maxq] maps them the same."""
     x = tl.minimum(tl.maximum(tl.math.div_rn(w, scale), -ROUNDER_RANGE), ROUNDER_RANGE)
     x = (x + ROUNDER) - ROUNDER
