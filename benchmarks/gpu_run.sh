@@ -18,13 +18,15 @@
 #              25/50/70%, Wanda and SparseGPT 50% and 2:4, RTN/GPTQ/AWQ at w4 and w3 (group 128 on Gemma,
 #              64 on SmolLM2, whose 576 columns 128 does not divide), HQQ w3; perplexity and every offline
 #              knowledge task with its standard error (KICK_TASKS, KICK_SAMPLES=1000); resumable, with
-#              TABLE_DEADLINE_S like table
+#              TABLE_DEADLINE_S like table; records in /root/results/<model>; then the table with error bars
+#              (kick_claims.py) and the retrieval generations' diagnostics ($OUT/retrieval_<model>.jsonl)
 #   table      the SmolLM2 sweeps below on CUDA, resumable: results live in /root/results (they
 #              survive between calls while the machine stays warm; finished runs are skipped) and
 #              are copied to $OUT; TABLE_DEADLINE_S (default 520) stops starting new sweeps.
 #              ONLY_SWEEPS (one per line) replaces the list; TASKS, MAX_SAMPLES (300), EVAL_BS (null: each task's own) and
 #              CALIB_SAMPLES (32) set the tasks, questions per task, batch and calibration windows.
 #              benchmarks/NOTES.md lists the exact commands behind its tables.
+# benchmarks/device_carry.sh builds every carried file (.whl/, .device/...) on the developer machine.
 # The GPU image lacks hydra-core, omegaconf, antlr4, gguf, hqq (+ einops, termcolor) and the offline
 # task data packages: their wheels travel in .whl/. bitsandbytes (43 MB wheel) travels unpacked with
 # only its CUDA 13.0 library, in .device/pylib. SmolLM2's GGUF (98 MB) is larger than one transfer.
@@ -111,9 +113,9 @@ PY
 # The LLM-KICK grid (issue 12), in priority order.
 if [ "${KICK_MODEL:-gemma3}" = gemma3 ]; then KICK_HF=$GEMMA_HF; KICK_GROUP=128; KICK_NAME=gemma3-270m; else KICK_HF=$HF_DIR; KICK_GROUP=64; KICK_NAME=smollm2-135m; fi
 KICK=(model="$KICK_NAME" model.package=null ++model.assemble=null model.path="$KICK_HF" model.gguf_file=null device=cuda max_eval_tokens=1000000
-      results_dir="$RESULTS" calib.n_samples="${CALIB_SAMPLES:-32}" max_samples="${KICK_SAMPLES:-1000}"
+      results_dir="$RESULTS/$KICK_NAME" calib.n_samples="${CALIB_SAMPLES:-32}" max_samples="${KICK_SAMPLES:-1000}"
       eval_batch_size="${EVAL_BS:-128}" group_size="$KICK_GROUP"
-      "tasks=${KICK_TASKS:-[pydoc,trivia,trivia_llm_kick,facts_mc_text,fictional_qa]}")
+      "tasks=${KICK_TASKS:-[pydoc,trivia,trivia_llm_kick,facts_mc_text,fictional_qa,fictional_qa_llm_kick]}")
 KICK_SWEEPS=(
   "method=none"
   "method=magnitude sparsity=0.25,0.5,0.7"
@@ -127,6 +129,8 @@ KICK_SWEEPS=(
 # then the records to $OUT and the results table.
 run_sweeps() {
   local -n args=$1 sweeps=$2
+  local results_dir
+  results_dir=$(printf '%s\n' "${args[@]}" | sed -n 's/^results_dir=//p')
   local start=$SECONDS sweep
   for sweep in "${sweeps[@]}"; do
     if (( SECONDS - start > ${TABLE_DEADLINE_S:-520} )); then echo "deadline: not started: $sweep"; continue; fi
@@ -134,7 +138,7 @@ run_sweeps() {
     python3 -m harness -m "${args[@]}" $sweep 2>&1 | grep -E "INFO\] - (pydoc:|compressed|run .* (ok|failed))|Error|error" || true
     cp -r "$RESULTS" "$OUT/"  # after every sweep: what a call cut by its time limit finished still comes back
   done
-  python3 benchmarks/results_table.py "$RESULTS"
+  python3 benchmarks/results_table.py "$results_dir"
 }
 
 for stage in "${@:-check}"; do
@@ -170,6 +174,8 @@ for stage in "${@:-check}"; do
     ;;
   kick)
     run_sweeps KICK KICK_SWEEPS
+    python3 benchmarks/kick_claims.py "$RESULTS/$KICK_NAME"
+    python3 benchmarks/knowledge_probe.py --records "$RESULTS/$KICK_NAME" > "$OUT/retrieval_$KICK_NAME.jsonl"
     ;;
   table)
     run_sweeps SMOL SWEEPS

@@ -5,6 +5,11 @@ scoring fixes of issue 12 move the dense scores. Prints one JSON line per row an
     python benchmarks/knowledge_probe.py --model smollm2-135m --max-samples 100 \\
         --rows none magnitude:0.25 magnitude:0.5 wanda:0.5 --tasks fictional_qa trivia trivia_llm_kick facts_mc_text
 
+`--records DIR...` reads finished runs' records instead (every retrieval record keeps its outputs) and
+prints the same diagnostics per run and mode, with no model loaded:
+
+    python benchmarks/knowledge_probe.py --records results/
+
 `--path DIR` loads a Hugging Face folder instead of the model config's own source (a GGUF dequantized
 once and saved: loading Gemma-3-270M's GGUF takes minutes on a CPU). Rows are `none` or
 `<method>:<sparsity>`; calibrated methods use pydoc calibration windows (`--calib 8x512`).
@@ -15,10 +20,11 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
-from harness import compress, data, models
+from harness import compress, data, models, results, table
 from harness.config import Compression
 from harness.generation import cut_at_stop, encode_pair, exact_match, normalize_answer
 from harness.judge import as_chat, model_config
@@ -29,8 +35,9 @@ from harness.tasks.retrieval_qa import prediction
 
 
 def retrieval_diagnostics(outputs: list[dict]) -> dict[str, float]:
-    """What the open-book scores hide: output length, leading whitespace, and the exact match the
-    previous extraction (cut at the first newline, not stripped) gave on the same generations."""
+    """What the open-book scores hide: output length, leading whitespace, the exact match the
+    previous extraction (cut at the first newline, not stripped) gave on the same generations, and
+    outputs with no line break at all (the answer line ran to the token limit)."""
     raw = [o["output"] for o in outputs]
     golds = [o["answers"] for o in outputs]
     anywhere = [any(f" {a} " in f" {normalize_answer(r)} " for a in map(normalize_answer, g) if a) for r, g in zip(raw, golds)]
@@ -46,7 +53,23 @@ def retrieval_diagnostics(outputs: list[dict]) -> dict[str, float]:
             for a, e, r, g in zip(anywhere, new_em, raw, golds)
         ),
         "em_old_extraction": statistics.mean(old_em),
+        "no_line_break": statistics.mean("\n" not in r.strip() for r in raw),
     }
+
+
+def record_diagnostics(folders: list[str]) -> None:
+    """One JSON line per (run, retrieval task, mode) of the records under `folders`."""
+    df = results.load(folders)
+    for _, row in df.sort_values("path").iterrows():
+        record = results.read_record(Path(row["path"]))
+        for task, info in (record.get("tasks") or {}).items():
+            if not isinstance(info.get("outputs"), dict):
+                continue  # not a retrieval task (its outputs are one list, or none)
+            for mode, per_mode in info["outputs"].items():
+                line = {"model": row["config.model.name"], "setting": table.setting(row), "task": task, "mode": mode, "prompt_style": info.get("prompt_style", "harness")}
+                line |= {k: round(v, 3) for k, v in retrieval_diagnostics(per_mode).items()}
+                line |= {k.rsplit("/", 1)[-1]: round(v, 3) for k, v in record["metrics"].items() if k.startswith(f"{task}/{mode}/") and not k.endswith("_stderr")}
+                print(json.dumps(line), flush=True)
 
 
 def encoding_changes(tokenizer, tasks) -> dict[str, float]:
@@ -78,7 +101,8 @@ def compression_of(row: str) -> tuple[str, Compression]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--records", nargs="+", help="results folders: diagnose their retrieval outputs, run nothing")
+    parser.add_argument("--model")
     parser.add_argument("--path", help="a Hugging Face folder of the same model (loads faster than a GGUF)")
     parser.add_argument("--rows", nargs="+", default=["none"])
     parser.add_argument("--tasks", nargs="+", default=["fictional_qa"])
@@ -87,6 +111,11 @@ def main() -> None:
     parser.add_argument("--calib", default="8x512")
     parser.add_argument("--out", help="write every row's metrics and task records (with all outputs) here, as JSON")
     args = parser.parse_args()
+    if args.records:
+        record_diagnostics(args.records)
+        return
+    if not args.model:
+        parser.error("--model or --records is required")
 
     model_cfg = model_config(args.model)
     if args.path:

@@ -2,9 +2,12 @@
 evidence passage in the prompt), greedy answers scored by exact match and token F1 over the gold
 aliases after SQuAD normalization; both modes reported.
 
-Each prompt starts with one solved example in the same mode (SOLVED_EXAMPLE: a fixed invented fact of
-a kind no question asks about, so that copying from it never scores): without it small models answer
-"The answer is: ..." or restate the question, and exact match then measures the format, not the retrieval.
+Prompts (`prompt_style`): `harness` (default) starts each prompt with one solved example in the same
+mode (SOLVED_EXAMPLE: a fixed invented fact of a kind no question asks about, so that copying from it
+never scores): without it small models answer "The answer is: ..." or restate the question, and exact
+match then measures the format, not the retrieval. `llm_kick` is LLM-KICK's own template (evidence,
+"Based on these texts, answer these questions:", "Q: ... A:"), zero-shot, for numbers comparable with
+its ICRQA; `fictional_qa_llm_kick` asks the fictional passages that way.
 
 Datasets:
   * `fictional` (offline, default): passages generated with a seeded RNG about invented people, towns
@@ -16,7 +19,7 @@ Datasets:
     not be in the passage at all: `answer_in_passage` in the record is the share where some alias is).
     Offline: `data_paths.triviaqa=` a folder with the hub's rc/validation-*.parquet.
 
-Answers are greedy, `max_new_tokens` long, and the prediction is the first non-empty line of the
+Answers are greedy, `max_new_tokens` long (32, LLM-KICK's `max_length=len(input_ids) + 32`), and the prediction is the first non-empty line of the
 output, stripped, as LLM-KICK extracts it (a model that opens with a newline is not scored empty).
 Besides SQuAD's exact match and F1, `llm_kick_em` is LLM-KICK's ICRQA "exact match": after TriviaQA's
 normalization, the gold alias is inside the prediction or the prediction inside the gold alias (so an
@@ -30,15 +33,27 @@ import re
 import string
 from typing import Any
 
+from harness.config import ConfigError
 from harness.data import load_hub_dataset
 from harness.generation import exact_match, greedy_generate, normalize_answer, token_f1
 from harness.tasks.common import SampledTask, mean_and_stderr, take_sample
 
 PROMPTS = {
-    "closed_book": "Answer the question with a short answer.\nQuestion: {question}\nAnswer:",
-    "open_book": "Answer the question with a short answer, using the passage.\nPassage: {passage}\nQuestion: {question}\nAnswer:",
+    "harness": {
+        "closed_book": "Answer the question with a short answer.\nQuestion: {question}\nAnswer:",
+        "open_book": "Answer the question with a short answer, using the passage.\nPassage: {passage}\nQuestion: {question}\nAnswer:",
+    },
+    # LLM-KICK's incontext_qa/main_icrqa.py gen_prompt + eval: evidence, a blank line, the instruction;
+    # the whole prompt stripped (so closed-book starts at "Answer"), no solved example.
+    "llm_kick": {
+        "closed_book": "Answer these questions:\n\nQ: {question}\nA:",
+        "open_book": "{passage}\n\nBased on these texts, answer these questions:\n\nQ: {question}\nA:",
+    },
 }
-PROMPT_VERSION = "icrqa/v3"  # v2 added a solved example; v3 made it share no kind of answer with the questions
+PROMPT_VERSIONS = {
+    "harness": "icrqa/v3",  # v2 added a solved example; v3 made it share no kind of answer with the questions
+    "llm_kick": "icrqa/llm-kick",
+}
 SOLVED_EXAMPLE = {
     "passage": "The Orrel Bridge crosses the river Tamsk. Its keeper, Ysolde Varn, opens it at dawn.",
     "question": "Which river does the Orrel Bridge cross?",
@@ -171,12 +186,28 @@ SOURCES = {
 
 
 def solved_example(mode: str) -> str:
-    return PROMPTS[mode].format(**SOLVED_EXAMPLE) + f" {SOLVED_EXAMPLE['answer']}\n\n"
+    return PROMPTS["harness"][mode].format(**SOLVED_EXAMPLE) + f" {SOLVED_EXAMPLE['answer']}\n\n"
+
+
+def build_prompt(style: str, mode: str, sample: dict[str, Any]) -> str:
+    """The prompt a question is asked with: ours opens with the solved example; LLM-KICK's is its own
+    template, stripped as its script strips it."""
+    if style == "llm_kick":
+        return PROMPTS[style][mode].format(question=sample["question"], passage=sample["passage"]).strip()
+    return solved_example(mode) + PROMPTS[style][mode].format(question=sample["question"], passage=sample["passage"])
 
 
 class RetrievalQA(SampledTask):
+    @staticmethod
+    def resolve(spec: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+        style = spec.get("prompt_style", "harness")
+        if style not in PROMPTS:
+            raise ConfigError(f"prompt_style={style!r}: known styles are {', '.join(PROMPTS)}")
+        return SampledTask.resolve(spec, config) | {"prompt_style": style}
+
     def prepare(self, tokenizer) -> None:
         load, describe = SOURCES[self.spec["dataset"]]
+        self.style = self.spec["prompt_style"]
         self.samples, available = load(self.spec)
         self.tokenizer = tokenizer  # generation needs it after the model loads
         self.info = {
@@ -185,9 +216,10 @@ class RetrievalQA(SampledTask):
             "available": available,
             "samples": len(self.samples),
             "modes": self.spec["modes"],
-            "prompt_version": PROMPT_VERSION,
-            "prompts": {mode: PROMPTS[mode] for mode in self.spec["modes"]},
-            "solved_example": {mode: solved_example(mode) for mode in self.spec["modes"]},
+            "prompt_style": self.style,
+            "prompt_version": PROMPT_VERSIONS[self.style],
+            "prompts": {mode: PROMPTS[self.style][mode] for mode in self.spec["modes"]},
+            "solved_example": {mode: solved_example(mode) for mode in self.spec["modes"]} if self.style == "harness" else None,
             "scoring": SCORING,
             "answer_in_passage": sum(s.get("answer_in_passage", True) for s in self.samples) / max(len(self.samples), 1),
             "max_new_tokens": self.spec["max_new_tokens"],
@@ -196,7 +228,7 @@ class RetrievalQA(SampledTask):
     def evaluate(self, model) -> tuple[dict[str, float], dict[str, Any]]:
         metrics, outputs_info = {f"{self.name}/n": len(self.samples)}, {}
         for mode in self.spec["modes"]:
-            prompts = [solved_example(mode) + PROMPTS[mode].format(question=s["question"], passage=s["passage"]) for s in self.samples]
+            prompts = [build_prompt(self.style, mode, s) for s in self.samples]
             outputs = greedy_generate(
                 model, self.tokenizer, prompts, max_new_tokens=self.spec["max_new_tokens"], batch_size=self.spec["batch_size"],
             )

@@ -7,7 +7,8 @@ import pytest
 from harness.generation import contains_answer, cut_at_stop, exact_match, normalize_answer, token_f1
 from harness.tasks.common import mean_and_stderr
 from harness.tasks.factoid_qa import _first_answer, llm_kick_match
-from harness.tasks.retrieval_qa import llm_kick_em, prediction
+from harness.config import ConfigError
+from harness.tasks.retrieval_qa import RetrievalQA, build_prompt, llm_kick_em, prediction, solved_example
 
 
 def test_normalization_drops_case_punctuation_articles_and_extra_space():
@@ -93,3 +94,28 @@ def test_lm_eval_results_flatten_to_numeric_metrics_named_by_task_and_filter():
         "lm_eval:arc_easy/acc": 0.5, "lm_eval:arc_easy/acc_stderr": 0.05, "lm_eval:arc_easy/acc_norm": 0.25,
         "lm_eval:gsm8k/exact_match/strict-match": 0.125,
     }
+
+
+def _llm_kick_icrqa_prompt(question: str, context: str | None) -> str:
+    """LLM-KICK's incontext_qa/main_icrqa.py, transcribed: gen_prompt, then `f"{context[:3072]}\\n\\n{prompt_end}"`
+    stripped (closed-book: no evidence, so the context is empty)."""
+    if context is None:
+        prompt_end = f"Answer these questions:\n\nQ: {question}\nA:"
+        return f"{''[:3072]}\n\n{prompt_end}".strip()
+    prompt_end = f"Based on these texts, answer these questions:\n\nQ: {question}\nA:"
+    return f"{context[:3072]}\n\n{prompt_end}".strip()
+
+
+def test_llm_kick_prompt_style_builds_llm_kicks_own_prompt():
+    sample = {"question": "In which town was Ba Kor born?", "passage": "Ba Kor was a weaver born in Zeldale in 1701.", "answers": ["Zeldale"]}
+    assert build_prompt("llm_kick", "open_book", sample) == _llm_kick_icrqa_prompt(sample["question"], sample["passage"])
+    assert build_prompt("llm_kick", "closed_book", sample) == _llm_kick_icrqa_prompt(sample["question"], None)
+    ours = build_prompt("harness", "open_book", sample)
+    assert ours.startswith(solved_example("open_book")) and ours.endswith("Question: In which town was Ba Kor born?\nAnswer:")
+
+
+def test_unknown_prompt_style_is_a_config_error_when_settings_resolve():
+    spec = {"task": "retrieval_qa", "dataset": "fictional", "prompt_style": "chatty", "max_samples": 5, "batch_size": 1}
+    with pytest.raises(ConfigError, match="prompt_style='chatty'"):
+        RetrievalQA.resolve(spec, {})
+    assert RetrievalQA.resolve(spec | {"prompt_style": "llm_kick"}, {})["prompt_style"] == "llm_kick"
