@@ -124,6 +124,7 @@ KICK_SWEEPS=(
   "method=wanda,sparsegpt sparsity_pattern=2:4"
   "method=hqq bits=3"
 )
+[ -n "${KICK_ONLY:-}" ] && mapfile -t KICK_SWEEPS <<< "$KICK_ONLY"  # one sweep per line
 
 # run_sweeps ARGS_ARRAY SWEEPS_ARRAY: each sweep (`-m` with the fixed arguments) until TABLE_DEADLINE_S,
 # then the records to $OUT and the results table.
@@ -136,7 +137,7 @@ run_sweeps() {
     if (( SECONDS - start > ${TABLE_DEADLINE_S:-520} )); then echo "deadline: not started: $sweep"; continue; fi
     # shellcheck disable=SC2086
     python3 -m harness -m "${args[@]}" $sweep 2>&1 | grep -E "INFO\] - (pydoc:|compressed|run .* (ok|failed))|Error|error" || true
-    cp -r "$RESULTS" "$OUT/"  # after every sweep: what a call cut by its time limit finished still comes back
+    tar czf "$OUT/results.tgz" -C "$RESULTS" .  # after every sweep: what a call cut by its time limit finished still comes back
   done
   python3 benchmarks/results_table.py "$results_dir"
 }

@@ -160,8 +160,8 @@ def tabulate(df: pd.DataFrame) -> Board:
     runs["baseline"] = baseline.fillna(NO_BASELINE)
     base_rows = ok.drop_duplicates("run_id", keep="last").set_index("run_id").reindex(baseline.dropna())
     base_rows.index = baseline.dropna().index
-    for metric in metrics:
-        _compare(runs, ok, base_rows, metric)
+    compared = [_compare(ok, base_rows, metric) for metric in metrics]
+    runs = pd.concat([runs, *compared], axis=1)  # one concat: a column at a time fragments the frame
     order = runs.sort_values(["model", "eval", "dense", "bits/w"], ascending=[True, True, False, False]).index
     return Board(runs=runs.loc[order].reset_index(drop=True), failed=_failed(failed), metrics=metrics, groups=groups)
 
@@ -184,8 +184,8 @@ def _baselines(ok: pd.DataFrame) -> pd.Series:
     return ok["eval_key"].map(latest)
 
 
-def _compare(runs: pd.DataFrame, ok: pd.DataFrame, base: pd.DataFrame, metric: str) -> None:
-    """Adds `metric`, its stderr, its change against the baseline (absolute, relative) and the verdict:
+def _compare(ok: pd.DataFrame, base: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Columns for `metric`: its value, its stderr, its change against the baseline (absolute, relative) and the verdict:
     better / worse / within stderr (|change| <= the combined standard error sqrt(se_run^2 + se_base^2)) /
     same. The combined error treats the two runs as independent samples; both runs score the same
     questions, so the paired error is smaller and the rule leans towards "within stderr"."""
@@ -200,12 +200,10 @@ def _compare(runs: pd.DataFrame, ok: pd.DataFrame, base: pd.DataFrame, metric: s
     verdict = np.where(sign > 0, "better", np.where(sign < 0, "worse", "same"))
     verdict = np.where((combined > 0) & (delta.abs() <= combined), "within stderr", verdict)
     verdict = np.where(delta.isna(), "", verdict)
-    runs[metric] = value.to_numpy()
-    runs[f"{metric} stderr"] = se.to_numpy()
-    runs[f"{metric} delta"] = delta.to_numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
-        runs[f"{metric} rel"] = np.where(base_value != 0, delta / base_value, np.nan)
-    runs[f"{metric} vs dense"] = verdict
+        rel = np.where(base_value != 0, delta / base_value, np.nan)
+    columns = {metric: value, f"{metric} stderr": se, f"{metric} delta": delta, f"{metric} rel": rel, f"{metric} vs dense": verdict}
+    return pd.DataFrame({name: np.asarray(column) for name, column in columns.items()}, index=ok.index)
 
 
 def _failed(failed: pd.DataFrame) -> pd.DataFrame:
