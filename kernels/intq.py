@@ -252,77 +252,90 @@ if triton is not None:
     def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, T, n_groups, tiles_per_group, stride_xm, one,
                      P: tl.constexpr, WORDS: tl.constexpr, BN: tl.constexpr, TT: tl.constexpr,
                      ITERS: tl.constexpr, EVEN: tl.constexpr, PARTIAL: tl.constexpr):
-        """y[m, rows] for BN rows over ITERS chunks of TT tiles (this program's split of K). Tensors are
-        [BN rows, TT tiles, WORDS lanes]: a thread holds WORDS consecutive words of one tile for several
-        rows, so every x value it loads and converts serves all of those rows. `one` is 127 << 23 (the
-        exponent of 1.0), a run-time value so that OR-ing it with a masked field stays one LOP3."""
+        """y[m, rows] for BN rows over ITERS chunks of TT tiles (this program's split of K).
+
+        Every tensor is [TT tiles, BN rows, WORDS lanes], x, s and b included (their pointers broadcast
+        over the rows or lanes): one shape, so Triton gives every load the same layout (a warp's lanes
+        over consecutive tiles, 16 contiguous bytes a thread; warps and repeats over rows) and no
+        layout conversion goes through shared memory. A thread then holds the same tiles for several
+        rows, and its loads and sums of an x value serve all of them (the repeated loads of one address
+        are merged by the compiler). `one` is 127 << 23 (the exponent of 1.0), a run-time value so that
+        masking a field and OR-ing in an exponent stays one LOP3 (two immediates would take two)."""
         pid_n, split, m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         TILE: tl.constexpr = 32 * WORDS
         F: tl.constexpr = 10 if P == 3 else 32 // P  # whole fields a word
         SLOTS: tl.constexpr = 11 if P == 3 else F  # 3 bits: slot 10 is the spare bits 30-31
-        G: tl.constexpr = 10 // P + 1  # fields decoded from one shift of a word (d = 0, P, .. <= 10)
-        rows = pid_n * BN + tl.arange(0, BN)
-        lane = tl.arange(0, WORDS)
+        G: tl.constexpr = 10 // P + 1  # fields one shift can bring to usable positions (d = 0, P, .. <= 10)
+        HI: tl.constexpr = 23 - P  # a field at mantissa bits HI .. 22 has d = 0
+        LO_F: tl.constexpr = (HI - 10 + P - 1) // P  # fields LO_F .. HI_F-1 are usable where they are
+        HI_F: tl.constexpr = HI // P + 1
+        rows = (pid_n * BN + tl.arange(0, BN))[None, :, None]
+        lane = tl.arange(0, WORDS)[None, None, :]
         x_row = x_ptr + m * stride_xm
-        acc = tl.zeros([BN, TT, WORDS], tl.float32)
+        acc = tl.zeros([TT, BN, WORDS], tl.float32)
         for i in range(ITERS):
-            t = (split * ITERS + i) * TT + tl.arange(0, TT)
-            w_off = rows[:, None, None] * (P * T * WORDS) + t[None, :, None] * WORDS + lane[None, None, :]
-            k0 = t[:, None] * TILE + lane[None, :]  # column of field column 0
-            w_mask = (rows[:, None, None] < N) & (t[None, :, None] < T)
-            qx = tl.zeros([BN, TT, WORDS], tl.float32)  # sum of (2^e + q) x
-            ys = tl.zeros([TT, WORDS], tl.float32)  # sum of 2^e x
-            xs = tl.zeros([TT, WORDS], tl.float32)  # sum of x
+            t = ((split * ITERS + i) * TT + tl.arange(0, TT))[:, None, None]
+            w_off = rows * (P * T * WORDS) + t * WORDS + lane
+            k0 = t * TILE + lane + rows * 0  # column of field column 0, broadcast over the rows
+            w_mask = (rows < N) & (t < T)
+            qx = tl.zeros([TT, BN, WORDS], tl.float32)  # sum of (2^e + q) x
+            ys = tl.zeros([TT, BN, WORDS], tl.float32)  # sum of 2^e x (the same in every row)
+            xs = tl.zeros([TT, BN, WORDS], tl.float32)  # sum of x (the same in every row)
             for c in tl.static_range(P):
                 if EVEN:
                     word = tl.load(w_ptr + w_off + c * T * WORDS)
                 else:
                     word = tl.load(w_ptr + w_off + c * T * WORDS, mask=w_mask, other=0)
-                for g in tl.static_range((SLOTS + G - 1) // G):
-                    top: tl.constexpr = g * G + G - 1 if g * G + G - 1 < SLOTS else SLOTS - 1
-                    shift: tl.constexpr = 23 - P - top * P  # puts field `top` at mantissa bits 23-P .. 22
+                for f in tl.static_range(SLOTS):
+                    # fields LO_F .. HI_F-1 stay where they are; the others go in runs of G, counted away
+                    # from those, each run shifted so that its field nearest them lands at HI (below) or
+                    # its farthest at HI (above); equal shifts of one word are computed once (the
+                    # compiler merges them)
+                    below = LO_F - 1 - (LO_F - 1 - f) // G * G
+                    above = HI_F + (f - HI_F) // G * G + G - 1
+                    top = below if f < LO_F else (above if above < SLOTS else SLOTS - 1)
+                    shift = 0 if (f >= LO_F) & (f < HI_F) else HI - top * P
                     shifted = word << shift if shift >= 0 else word >> -shift
-                    for h in tl.static_range(G):
-                        f: tl.constexpr = g * G + h
-                        if f < F:
-                            pos: tl.constexpr = f * P + shift
-                            xv = _x_field(x_row, k0, c * F + f, K, WORDS, EVEN)
-                            v = ((shifted & (((1 << P) - 1) << pos)) | (one + ((23 - pos) << 23))).to(tl.float32, bitcast=True)
-                            qx += v * xv[None, :, :]
-                            ys += xv * (1 << (23 - pos))
+                    if f < F:
+                        pos = f * P + shift
+                        xv = _x_field(x_row, k0, c * F + f, K, WORDS, EVEN)
+                        v = ((shifted & (((1 << P) - 1) << pos)) | (one + ((23 - pos) << 23))).to(tl.float32, bitcast=True)
+                        qx += v * xv
+                        ys += xv * (1 << (23 - pos))
+                        xs += xv
+                    elif f < SLOTS:  # 3 bits, the spare bits 30-31, now at 20-21
+                        if c < 2:  # bits 0-1 of column 30 (word 0) or 31 (word 1): 8 + q mod 4
+                            xv = _x_field(x_row, k0, 30 + c, K, WORDS, EVEN)
+                            v = ((shifted & (3 << 20)) | (one + (3 << 23))).to(tl.float32, bitcast=True)
+                            qx += v * xv
+                            ys += xv * 8
                             xs += xv
-                        elif f < SLOTS:  # 3 bits, the spare bits 30-31, now at 20-21
-                            if c < 2:  # bits 0-1 of column 30 (word 0) or 31 (word 1): 8 + q mod 4
-                                xv = _x_field(x_row, k0, 30 + c, K, WORDS, EVEN)
-                                v = ((shifted & (3 << 20)) | (one + (3 << 23))).to(tl.float32, bitcast=True)
-                                qx += v * xv[None, :, :]
-                                ys += xv * 8
-                                xs += xv
-                            else:  # bit 2 of columns 30 and 31 (word 2): 32 + 4 hi and 16 + 4 hi
-                                x30 = _x_field(x_row, k0, 30, K, WORDS, EVEN)
-                                x31 = _x_field(x_row, k0, 31, K, WORDS, EVEN)
-                                hi30 = ((shifted & (1 << 20)) | (one + (5 << 23))).to(tl.float32, bitcast=True)
-                                hi31 = ((shifted & (1 << 21)) | (one + (4 << 23))).to(tl.float32, bitcast=True)
-                                qx += hi30 * x30[None, :, :] + hi31 * x31[None, :, :]
-                                ys += x30 * 32 + x31 * 16
-            gi = rows[:, None] * n_groups + (t // tiles_per_group)[None, :]
+                        else:  # bit 2 of columns 30 and 31 (word 2): 32 + 4 hi and 16 + 4 hi
+                            x30 = _x_field(x_row, k0, 30, K, WORDS, EVEN)
+                            x31 = _x_field(x_row, k0, 31, K, WORDS, EVEN)
+                            hi30 = ((shifted & (1 << 20)) | (one + (5 << 23))).to(tl.float32, bitcast=True)
+                            hi31 = ((shifted & (1 << 21)) | (one + (4 << 23))).to(tl.float32, bitcast=True)
+                            qx += hi30 * x30 + hi31 * x31
+                            ys += x30 * 32 + x31 * 16
+            gi = rows * n_groups + t // tiles_per_group + lane * 0
             if EVEN:
                 s = tl.load(s_ptr + gi).to(tl.float32)
                 b = tl.load(b_ptr + gi).to(tl.float32)
             else:
-                g_mask = (rows[:, None] < N) & (t[None, :] < T)
+                g_mask = w_mask & (lane < WORDS)
                 s = tl.load(s_ptr + gi, mask=g_mask, other=0.0).to(tl.float32)
                 b = tl.load(b_ptr + gi, mask=g_mask, other=0.0).to(tl.float32)
-            acc += s[:, :, None] * (qx - ys[None, :, :]) + b[:, :, None] * xs[None, :, :]
-        y = tl.sum(tl.sum(acc, axis=2), axis=1)
+            acc += s * (qx - ys) + b * xs
+        y = tl.sum(tl.sum(acc, axis=2), axis=0)
+        rows1 = pid_n * BN + tl.arange(0, BN)
         if PARTIAL:
-            tl.store(out_ptr + (split * tl.num_programs(2) + m) * N + rows, y, mask=rows < N)
+            tl.store(out_ptr + (split * tl.num_programs(2) + m) * N + rows1, y, mask=rows1 < N)
         else:
-            tl.store(out_ptr + m * N + rows, y.to(tl.bfloat16), mask=rows < N)
+            tl.store(out_ptr + m * N + rows1, y.to(tl.bfloat16), mask=rows1 < N)
 
     @triton.jit
     def _x_field(x_row, k0, j, K, WORDS: tl.constexpr, EVEN: tl.constexpr):
-        """x at field column j of the tiles of k0 [TT, WORDS], as float32 (0 past K)."""
+        """x at field column j of the tiles of k0, as float32 (0 past K)."""
         if EVEN:
             return tl.load(x_row + k0 + j * WORDS).to(tl.float32)
         return tl.load(x_row + k0 + j * WORDS, mask=k0 + j * WORDS < K, other=0.0).to(tl.float32)
@@ -352,16 +365,19 @@ if triton is not None:
         return tl.reshape(q, [BN, 32 * WORDS])
 
     @triton.jit
-    def _dequant_tile(w_ptr, s_ptr, b_ptr, rows, row_mask, t, T, n_groups, tiles_per_group,
+    def _dequant_tile(w_ptr, s_ptr, b_ptr, rows, row_mask, t, T, n_groups, tiles_per_group, magic,
                       P: tl.constexpr, WORDS: tl.constexpr, BN: tl.constexpr):
+        """Tile t as bf16 weights [BN, TILE]. Codes become floats as (q | magic) - 2^23 with magic =
+        2^23's bits, a run-time value (one LOP3 and one FADD at full rate instead of a quarter-rate I2F)."""
         q = _tile_codes(w_ptr, rows, row_mask, t, T, P, WORDS, BN)
         g = rows * n_groups + t // tiles_per_group
         s = tl.load(s_ptr + g, mask=row_mask, other=0.0).to(tl.float32)
         b = tl.load(b_ptr + g, mask=row_mask, other=0.0).to(tl.float32)
-        return (q.to(tl.float32) * s[:, None] + b[:, None]).to(tl.bfloat16)
+        qf = (q | magic).to(tl.float32, bitcast=True) - 8388608.0
+        return (qf * s[:, None] + b[:, None]).to(tl.bfloat16)
 
     @triton.jit
-    def _gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, M, N, K, T, n_groups, tiles_per_group, stride_xm,
+    def _gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, M, N, K, T, n_groups, tiles_per_group, stride_xm, magic,
                      P: tl.constexpr, WORDS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
                      TILES: tl.constexpr, PARTIAL: tl.constexpr):
         """TILES tiles from split * TILES (a compile-time trip count: Triton 3.6's interpreter cannot
@@ -376,7 +392,7 @@ if triton is not None:
         for i in range(TILES):
             t = split * TILES + i
             live = n_mask & (rows_n * 0 + t < T)
-            wt = _dequant_tile(w_ptr, s_ptr, b_ptr, rows_n, live, t, T, n_groups, tiles_per_group, P, WORDS, BN)
+            wt = _dequant_tile(w_ptr, s_ptr, b_ptr, rows_n, live, t, T, n_groups, tiles_per_group, magic, P, WORDS, BN)
             k = t * TILE + kk
             xt = tl.load(x_ptr + rows_m[:, None] * stride_xm + k[None, :], mask=(rows_m[:, None] < M) & (k[None, :] < K), other=0.0)
             acc = tl.dot(xt, tl.trans(wt), acc)
@@ -387,13 +403,13 @@ if triton is not None:
             tl.store(out_ptr + rows_m[:, None] * N + rows_n[None, :], acc.to(tl.bfloat16), mask=mask)
 
     @triton.jit
-    def _dequant_kernel(w_ptr, s_ptr, b_ptr, out_ptr, N, T, n_groups, tiles_per_group,
+    def _dequant_kernel(w_ptr, s_ptr, b_ptr, out_ptr, N, T, n_groups, tiles_per_group, magic,
                         P: tl.constexpr, WORDS: tl.constexpr, BN: tl.constexpr):
         TILE: tl.constexpr = 32 * WORDS
         rows = tl.program_id(0) * BN + tl.arange(0, BN)
         row_mask = rows < N
         t = tl.program_id(1)
-        wt = _dequant_tile(w_ptr, s_ptr, b_ptr, rows, row_mask, t, T, n_groups, tiles_per_group, P, WORDS, BN)
+        wt = _dequant_tile(w_ptr, s_ptr, b_ptr, rows, row_mask, t, T, n_groups, tiles_per_group, magic, P, WORDS, BN)
         k = t * TILE + tl.arange(0, TILE)
         tl.store(out_ptr + rows[:, None] * (T * TILE) + k[None, :], wt, mask=row_mask[:, None])
 
@@ -416,13 +432,14 @@ DEQUANT_MIN_TOKENS = 256  # from here on, dequantize + cuBLAS is also tried
 GEMV_PROGRAMS = 8 * 132
 GEMM_PROGRAMS = 4 * 132
 # (BN, TT, num_warps) for the GEMV: a warp spans min(TT, 32) tiles and 32 / TT rows, so a thread holds
-# BN * TT / (32 * num_warps) rows (4 or 8 here), each x value it loads serving all of them;
+# BN * TT / (32 * num_warps) rows (8, or 4 in the last two), each x value it loads serving all of them;
 # (BM, BN, num_warps, num_stages) for the GEMM
-GEMV_CONFIGS = [(16, 32, 4), (32, 32, 4), (32, 16, 4), (64, 16, 4), (16, 16, 2), (32, 8, 2)]
+GEMV_CONFIGS = [(32, 32, 4), (64, 16, 4), (32, 16, 2), (64, 32, 8), (16, 32, 4), (16, 16, 2)]
 GEMM_SMALL = [(16, 64, 4, 3), (16, 128, 4, 4), (32, 64, 4, 3)]
 GEMM_LARGE = [(64, 128, 4, 3), (128, 128, 8, 3), (128, 256, 8, 3)]
 _tuned: dict[tuple, tuple] = {}
 MANTISSA_ONE = 127 << 23  # float32 exponent bits of 1.0
+FLOAT_2_23 = 150 << 23  # float32 bits of 2^23: (q | FLOAT_2_23) as a float is 2^23 + q
 
 
 def token_bucket(m: int) -> int:
@@ -442,6 +459,19 @@ def _partial_or_out(split: int, m: int, n: int, device) -> torch.Tensor:
     return torch.empty(shape, device=device, dtype=dtype)
 
 
+def gemv_launch(config: tuple, layout: Layout, n: int, m: int) -> tuple[tuple, tuple, int]:
+    """The GEMV's grid, compile-time arguments (P, WORDS, BN, TT, ITERS, EVEN, PARTIAL) and warps for
+    config (BN, TT, num_warps) on an [n, layout.in_features] layer and m tokens."""
+    bn, tt, warps = config
+    grid_n = triton.cdiv(n, bn)
+    chunks = triton.cdiv(layout.tiles, tt)
+    split = _splits(grid_n * m, chunks, GEMV_PROGRAMS, least=1)
+    iters = triton.cdiv(chunks, split)
+    split = triton.cdiv(chunks, iters)
+    even = n % bn == 0 and layout.tiles == split * iters * tt and layout.padded_in == layout.in_features
+    return (grid_n, split, m), (layout.bits, layout.words, bn, tt, iters, even, split > 1), warps
+
+
 def _run(kind: str, config: tuple, x: torch.Tensor, layer: PackedLinear) -> torch.Tensor:
     layout = layer.layout
     m, n = x.shape[0], layer.out_features
@@ -450,19 +480,14 @@ def _run(kind: str, config: tuple, x: torch.Tensor, layer: PackedLinear) -> torc
     if kind == "dequant":
         dense = torch.empty(n, layout.padded_in, device=x.device, dtype=torch.bfloat16)
         bn = 32
-        _dequant_kernel[(triton.cdiv(n, bn), layout.tiles)](w, layer.scale, layer.offset, dense, n, *common, bits, words, bn, num_warps=4)
+        _dequant_kernel[(triton.cdiv(n, bn), layout.tiles)](w, layer.scale, layer.offset, dense, n, *common, FLOAT_2_23, bits, words, bn, num_warps=4)
         return x @ dense[:, : layer.in_features].T
     if kind == "gemv":
-        bn, tt, warps = config
-        grid_n = triton.cdiv(n, bn)
-        chunks = triton.cdiv(layout.tiles, tt)
-        split = _splits(grid_n * m, chunks, GEMV_PROGRAMS, least=1)
-        iters = triton.cdiv(chunks, split)
-        split = triton.cdiv(chunks, iters)
-        even = n % bn == 0 and layout.tiles == split * iters * tt and layout.padded_in == layer.in_features
+        grid, meta, warps = gemv_launch(config, layout, n, m)
+        split = grid[1]
         out = _partial_or_out(split, m, n, x.device)
-        _gemv_kernel[(grid_n, split, m)](x, w, layer.scale, layer.offset, out, n, layer.in_features, *common, x.stride(0),
-                                         MANTISSA_ONE, bits, words, bn, tt, iters, even, split > 1, num_warps=warps)
+        _gemv_kernel[grid](x, w, layer.scale, layer.offset, out, n, layer.in_features, *common, x.stride(0),
+                           MANTISSA_ONE, *meta, num_warps=warps)
     else:
         bm, bn, warps, stages = config
         grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
@@ -470,7 +495,7 @@ def _run(kind: str, config: tuple, x: torch.Tensor, layer: PackedLinear) -> torc
         per_split = triton.cdiv(layout.tiles, split)
         split = triton.cdiv(layout.tiles, per_split)
         out = _partial_or_out(split, m, n, x.device)
-        _gemm_kernel[(*grid, split)](x, w, layer.scale, layer.offset, out, m, n, layer.in_features, *common, x.stride(0),
+        _gemm_kernel[(*grid, split)](x, w, layer.scale, layer.offset, out, m, n, layer.in_features, *common, x.stride(0), FLOAT_2_23,
                                      bits, words, bm, bn, per_split, split > 1, num_warps=warps, num_stages=stages)
     if split == 1:
         return out
