@@ -153,9 +153,9 @@ def row(version, bits, config, compiled, per_iter, per_program_thread, dump):
     if dump:
         Path(dump).mkdir(parents=True, exist_ok=True)
         (Path(dump) / f"{version}_w{bits}_{'x'.join(map(str, config))}.sass").write_text("\n".join(lines))
-    regs = re.search(r"REG:(\d+)", usage)
+    regs, stack = re.search(r"REG:(\d+)", usage), re.search(r"STACK:(\d+)", usage)
     cells = [f"{counts[c] / weights:.2f}" for c in CLASSES]
-    return (f"| {version} | W{bits} | {config} | {regs.group(1) if regs else '?'} | {'loop' if looped else 'whole kernel'} "
+    return (f"| {version} | W{bits} | {config} | {regs.group(1) if regs else '?'}/{stack.group(1) if stack else '?'} | {'loop' if looped else 'whole kernel'} "
             f"| {len(body)} | {weights:.0f} | **{len(body) / weights:.2f}** | " + " | ".join(cells) + " |")
 
 
@@ -168,7 +168,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     n, k = map(int, args.shape.split("x"))
     print(f"triton {triton.__version__}, sm_90, {n}x{k}, group {args.group}, batch 1")
-    head = ["version", "bits", "config (BN, TT, warps)", "regs", "counted", "instr", "weights/thread", "instr/weight"]
+    head = ["version", "bits", "config (BN, TT, warps)", "regs/stack bytes", "counted", "instr", "weights/thread", "instr/weight"]
     print("| " + " | ".join(head + [f"{c}/w" for c in CLASSES]) + " |")
     print("|" + "---|" * (len(head) + len(CLASSES)))
     for bits in map(int, args.bits.split(",")):

@@ -251,7 +251,7 @@ if triton is not None:
     @triton.jit
     def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, T, n_groups, tiles_per_group, stride_xm, one,
                      P: tl.constexpr, WORDS: tl.constexpr, BN: tl.constexpr, TT: tl.constexpr,
-                     ITERS: tl.constexpr, EVEN: tl.constexpr, PARTIAL: tl.constexpr):
+                     ITERS: tl.constexpr, EVEN: tl.constexpr, MASK_K: tl.constexpr, PARTIAL: tl.constexpr):
         """y[m, rows] for BN rows over ITERS chunks of TT tiles (this program's split of K).
 
         Every tensor is [TT tiles, BN rows, WORDS lanes], x, s and b included (their pointers broadcast
@@ -259,7 +259,9 @@ if triton is not None:
         over consecutive tiles, 16 contiguous bytes a thread; warps and repeats over rows) and no
         layout conversion goes through shared memory. A thread then holds the same tiles for several
         rows, and its loads and sums of an x value serve all of them (the repeated loads of one address
-        are merged by the compiler). `one` is 127 << 23 (the exponent of 1.0), a run-time value so that
+        are merged by the compiler; so no load is masked, which would stop that: rows past N and tiles
+        past T read row N-1 and tile T-1 and their s and b are zeroed; only x past K is masked, when K
+        is not a whole number of tiles, MASK_K). `one` is 127 << 23 (the exponent of 1.0), a run-time value so that
         masking a field and OR-ing in an exponent stays one LOP3 (two immediates would take two)."""
         pid_n, split, m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         TILE: tl.constexpr = 32 * WORDS
@@ -270,22 +272,20 @@ if triton is not None:
         LO_F: tl.constexpr = (HI - 10 + P - 1) // P  # fields LO_F .. HI_F-1 are usable where they are
         HI_F: tl.constexpr = HI // P + 1
         rows = (pid_n * BN + tl.arange(0, BN))[None, :, None]
+        rows_in = rows if EVEN else tl.minimum(rows, N - 1)
         lane = tl.arange(0, WORDS)[None, None, :]
         x_row = x_ptr + m * stride_xm
         acc = tl.zeros([TT, BN, WORDS], tl.float32)
         for i in range(ITERS):
             t = ((split * ITERS + i) * TT + tl.arange(0, TT))[:, None, None]
-            w_off = rows * (P * T * WORDS) + t * WORDS + lane
-            k0 = t * TILE + lane + rows * 0  # column of field column 0, broadcast over the rows
-            w_mask = (rows < N) & (t < T)
+            t_in = t if EVEN else tl.minimum(t, T - 1)
+            w_off = rows_in * (P * T * WORDS) + t_in * WORDS + lane
+            k0 = t_in * TILE + lane + rows * 0  # column of field column 0, broadcast over the rows
             qx = tl.zeros([TT, BN, WORDS], tl.float32)  # sum of (2^e + q) x
             ys = tl.zeros([TT, BN, WORDS], tl.float32)  # sum of 2^e x (the same in every row)
             xs = tl.zeros([TT, BN, WORDS], tl.float32)  # sum of x (the same in every row)
             for c in tl.static_range(P):
-                if EVEN:
-                    word = tl.load(w_ptr + w_off + c * T * WORDS)
-                else:
-                    word = tl.load(w_ptr + w_off + c * T * WORDS, mask=w_mask, other=0)
+                word = tl.load(w_ptr + w_off + c * T * WORDS)
                 for f in tl.static_range(SLOTS):
                     # fields LO_F .. HI_F-1 stay where they are; the others go in runs of G, counted away
                     # from those, each run shifted so that its field nearest them lands at HI (below) or
@@ -298,33 +298,31 @@ if triton is not None:
                     shifted = word << shift if shift >= 0 else word >> -shift
                     if f < F:
                         pos = f * P + shift
-                        xv = _x_field(x_row, k0, c * F + f, K, WORDS, EVEN)
+                        xv = _x_field(x_row, k0, c * F + f, K, WORDS, MASK_K)
                         v = ((shifted & (((1 << P) - 1) << pos)) | (one + ((23 - pos) << 23))).to(tl.float32, bitcast=True)
                         qx += v * xv
                         ys += xv * (1 << (23 - pos))
                         xs += xv
                     elif f < SLOTS:  # 3 bits, the spare bits 30-31, now at 20-21
                         if c < 2:  # bits 0-1 of column 30 (word 0) or 31 (word 1): 8 + q mod 4
-                            xv = _x_field(x_row, k0, 30 + c, K, WORDS, EVEN)
+                            xv = _x_field(x_row, k0, 30 + c, K, WORDS, MASK_K)
                             v = ((shifted & (3 << 20)) | (one + (3 << 23))).to(tl.float32, bitcast=True)
                             qx += v * xv
                             ys += xv * 8
                             xs += xv
                         else:  # bit 2 of columns 30 and 31 (word 2): 32 + 4 hi and 16 + 4 hi
-                            x30 = _x_field(x_row, k0, 30, K, WORDS, EVEN)
-                            x31 = _x_field(x_row, k0, 31, K, WORDS, EVEN)
+                            x30 = _x_field(x_row, k0, 30, K, WORDS, MASK_K)
+                            x31 = _x_field(x_row, k0, 31, K, WORDS, MASK_K)
                             hi30 = ((shifted & (1 << 20)) | (one + (5 << 23))).to(tl.float32, bitcast=True)
                             hi31 = ((shifted & (1 << 21)) | (one + (4 << 23))).to(tl.float32, bitcast=True)
                             qx += hi30 * x30 + hi31 * x31
                             ys += x30 * 32 + x31 * 16
-            gi = rows * n_groups + t // tiles_per_group + lane * 0
-            if EVEN:
-                s = tl.load(s_ptr + gi).to(tl.float32)
-                b = tl.load(b_ptr + gi).to(tl.float32)
-            else:
-                g_mask = w_mask & (lane < WORDS)
-                s = tl.load(s_ptr + gi, mask=g_mask, other=0.0).to(tl.float32)
-                b = tl.load(b_ptr + gi, mask=g_mask, other=0.0).to(tl.float32)
+            gi = rows_in * n_groups + t_in // tiles_per_group + lane * 0
+            s = tl.load(s_ptr + gi).to(tl.float32)
+            b = tl.load(b_ptr + gi).to(tl.float32)
+            if not EVEN:  # tiles past T (the last split's overrun) add nothing
+                s = tl.where(t < T, s, 0.0)
+                b = tl.where(t < T, b, 0.0)
             acc += s * (qx - ys) + b * xs
         y = tl.sum(tl.sum(acc, axis=2), axis=0)
         rows1 = pid_n * BN + tl.arange(0, BN)
@@ -334,11 +332,11 @@ if triton is not None:
             tl.store(out_ptr + m * N + rows1, y.to(tl.bfloat16), mask=rows1 < N)
 
     @triton.jit
-    def _x_field(x_row, k0, j, K, WORDS: tl.constexpr, EVEN: tl.constexpr):
+    def _x_field(x_row, k0, j, K, WORDS: tl.constexpr, MASK_K: tl.constexpr):
         """x at field column j of the tiles of k0, as float32 (0 past K)."""
-        if EVEN:
-            return tl.load(x_row + k0 + j * WORDS).to(tl.float32)
-        return tl.load(x_row + k0 + j * WORDS, mask=k0 + j * WORDS < K, other=0.0).to(tl.float32)
+        if MASK_K:
+            return tl.load(x_row + k0 + j * WORDS, mask=k0 + j * WORDS < K, other=0.0).to(tl.float32)
+        return tl.load(x_row + k0 + j * WORDS).to(tl.float32)
 
     @triton.jit
     def _tile_codes(w_ptr, rows, row_mask, t, T, P: tl.constexpr, WORDS: tl.constexpr, BN: tl.constexpr):
@@ -460,7 +458,7 @@ def _partial_or_out(split: int, m: int, n: int, device) -> torch.Tensor:
 
 
 def gemv_launch(config: tuple, layout: Layout, n: int, m: int) -> tuple[tuple, tuple, int]:
-    """The GEMV's grid, compile-time arguments (P, WORDS, BN, TT, ITERS, EVEN, PARTIAL) and warps for
+    """The GEMV's grid, compile-time arguments (P, WORDS, BN, TT, ITERS, EVEN, MASK_K, PARTIAL) and warps for
     config (BN, TT, num_warps) on an [n, layout.in_features] layer and m tokens."""
     bn, tt, warps = config
     grid_n = triton.cdiv(n, bn)
@@ -468,8 +466,9 @@ def gemv_launch(config: tuple, layout: Layout, n: int, m: int) -> tuple[tuple, t
     split = _splits(grid_n * m, chunks, GEMV_PROGRAMS, least=1)
     iters = triton.cdiv(chunks, split)
     split = triton.cdiv(chunks, iters)
-    even = n % bn == 0 and layout.tiles == split * iters * tt and layout.padded_in == layout.in_features
-    return (grid_n, split, m), (layout.bits, layout.words, bn, tt, iters, even, split > 1), warps
+    even = n % bn == 0 and layout.tiles == split * iters * tt
+    mask_k = layout.padded_in != layout.in_features
+    return (grid_n, split, m), (layout.bits, layout.words, bn, tt, iters, even, mask_k, split > 1), warps
 
 
 def _run(kind: str, config: tuple, x: torch.Tensor, layer: PackedLinear) -> torch.Tensor:
