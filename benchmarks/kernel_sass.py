@@ -9,7 +9,9 @@ integer arguments divisible by 16 marked so, arguments equal to 1 made constants
 launch (`intq.gemv_launch` for the new kernel; the old one's split-K rule for the old). The inner loop
 is the code between the target of the kernel's backward branch and that branch; when the compiler
 unrolled the loop away (few iterations), the whole kernel is counted. "per weight" divides by the
-weights one thread handles in that stretch: BN * TT * TILE / (32 * num_warps) per iteration. Columns:
+weights one thread handles in that stretch: BN * TT * TILE / (32 * num_warps) per iteration (GEMM,
+--gemm-tokens M: BN * TILE / (32 * num_warps) weights a thread dequantizes per iteration, each used for
+all M tokens). Columns:
 all instructions, then classes (shifts: SHF and IMAD.SHL; int->float: I2F; fp32 math: FFMA/FMUL/FADD;
 bf16/f16->f32: the PRMT/IMAD.U32/HADD2.F32 that do it; loads: LDG).
 """
@@ -44,7 +46,7 @@ def ptr(dtype: str) -> tuple[str, str]:
     return ("ptr", f"*{dtype}")
 
 
-def compile_kernel(fn, args: list, num_warps: int):
+def compile_kernel(fn, args: list, num_warps: int, num_stages: int = 3):
     """Compile `fn` for sm_90 with `args` in its argument order: ("ptr", "*type"), a run-time int (its value
     decides the launcher's specialization) or ("const", value) for a tl.constexpr."""
     signature, constexprs, attrs = {}, {}, {}
@@ -61,7 +63,7 @@ def compile_kernel(fn, args: list, num_warps: int):
             if arg % 16 == 0:
                 attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    return triton.compile(src, target=TARGET, options={"num_warps": num_warps})
+    return triton.compile(src, target=TARGET, options={"num_warps": num_warps, "num_stages": num_stages})
 
 
 def sass_of(compiled) -> tuple[list[str], str]:
@@ -144,6 +146,31 @@ def old_kernel(bits: int, n: int, k: int, group: int, config: tuple):
     return compile_kernel(intq_v2._gemv_kernel, args, warps), per_iter, per_split / tt * per_iter
 
 
+def new_gemm(bits: int, n: int, k: int, group: int, config: tuple, m: int):
+    layout = intq.Layout.of(bits, k, group)
+    bm, bn, warps, stages = config
+    split = intq._splits(triton.cdiv(m, bm) * triton.cdiv(n, bn), layout.tiles, intq.GEMM_PROGRAMS)
+    per_split = triton.cdiv(layout.tiles, split)
+    pdt = "fp32" if bits == 8 else "fp16"
+    args = [ptr("bf16"), ptr("i32"), ptr(pdt), ptr(pdt), ptr("fp32" if split > 1 else "bf16"), m, n, k, layout.tiles, layout.groups,
+            layout.tiles_per_group, k, intq.FLOAT_2_23] + [("const", v) for v in (bits, layout.words, bm, bn, per_split, split > 1)]
+    per_iter = bn * layout.tile / (32 * warps)
+    return compile_kernel(intq._gemm_kernel, args, warps, stages), per_iter, per_split * per_iter
+
+
+def old_gemm(bits: int, n: int, k: int, group: int, config: tuple, m: int):
+    layout = intq_v2.Layout.of(bits, k, group)
+    bm, bn, warps, stages = config
+    split = intq_v2._splits(triton.cdiv(m, bm) * triton.cdiv(n, bn), layout.tiles, intq_v2.GEMM_PROGRAMS)
+    per_split = triton.cdiv(layout.tiles, split)
+    planes = intq_v2.PLANES[bits]
+    pdt = "fp32" if bits == 8 else "fp16"
+    args = [ptr("bf16"), ptr("i32"), ptr("i32"), ptr(pdt), ptr(pdt), ptr("fp32" if split > 1 else "bf16"), m, n, k, layout.tiles, per_split,
+            layout.groups, layout.tiles_per_group, k] + [("const", v) for v in (planes[0], planes[1] if len(planes) > 1 else 0, layout.words, bm, bn, split > 1)]
+    per_iter = bn * layout.tile / (32 * warps)
+    return compile_kernel(intq_v2._gemm_kernel, args, warps, stages), per_iter, per_split * per_iter
+
+
 def row(version, bits, config, compiled, per_iter, per_program_thread, dump):
     lines, usage = sass_of(compiled)
     instrs = instructions(lines)
@@ -165,6 +192,7 @@ def main(argv=None) -> None:
     parser.add_argument("--group", type=int, default=128)
     parser.add_argument("--bits", default="4,3,2,8")
     parser.add_argument("--dump", default=None, help="write each kernel's SASS here")
+    parser.add_argument("--gemm-tokens", type=int, default=0, help="also the tensor-core GEMM at this many tokens")
     args = parser.parse_args(argv)
     n, k = map(int, args.shape.split("x"))
     print(f"triton {triton.__version__}, sm_90, {n}x{k}, group {args.group}, batch 1")
@@ -176,6 +204,10 @@ def main(argv=None) -> None:
             print(row("v2", bits, config, *old_kernel(bits, n, k, args.group, config), args.dump), flush=True)
         for config in intq.GEMV_CONFIGS:
             print(row("v3", bits, config, *new_kernel(bits, n, k, args.group, config), args.dump), flush=True)
+        for config in intq.GEMM_SMALL if args.gemm_tokens else []:
+            m = args.gemm_tokens
+            print(row(f"v2 GEMM M={m}", bits, config, *old_gemm(bits, n, k, args.group, config, m), args.dump), flush=True)
+            print(row(f"v3 GEMM M={m}", bits, config, *new_gemm(bits, n, k, args.group, config, m), args.dump), flush=True)
 
 
 if __name__ == "__main__":

@@ -347,12 +347,11 @@ if triton is not None:
             w0 = tl.load(base, mask=row_mask[:, None], other=0)[:, None, :]
             w1 = tl.load(base + T * WORDS, mask=row_mask[:, None], other=0)[:, None, :]
             w2 = tl.load(base + 2 * T * WORDS, mask=row_mask[:, None], other=0)[:, None, :]
-            j = tl.arange(0, 32)[None, :, None]
+            j = tl.arange(0, 32)[None, :, None]  # index arithmetic below is per register, not per tile
             whole = j < 30
             c = tl.where(whole, j // 10, j - 30)  # the word with bits 0-1 (all three bits for j < 30)
-            shift = tl.where(whole, (j % 10) * 3, 30)
-            q = (tl.where(c == 0, w0, tl.where(c == 1, w1, w2)) >> shift) & tl.where(whole, 7, 3)
-            q = q | tl.where(whole, 0, ((w2 >> j) & 1) << 2)
+            low = (tl.where(c == 0, w0, tl.where(c == 1, w1, w2)) >> tl.where(whole, (j % 10) * 3, 30)) & tl.where(whole, 7, 3)
+            q = low | ((w2 >> (j - 2)) & tl.where(whole, 0, 4))  # bit 2 of columns 30, 31: bits 30, 31 of word 2
         else:
             F: tl.constexpr = 32 // P
             c = tl.arange(0, P)
@@ -364,14 +363,19 @@ if triton is not None:
 
     @triton.jit
     def _dequant_tile(w_ptr, s_ptr, b_ptr, rows, row_mask, t, T, n_groups, tiles_per_group, magic,
-                      P: tl.constexpr, WORDS: tl.constexpr, BN: tl.constexpr):
-        """Tile t as bf16 weights [BN, TILE]. Codes become floats as (q | magic) - 2^23 with magic =
-        2^23's bits, a run-time value (one LOP3 and one FADD at full rate instead of a quarter-rate I2F)."""
+                      P: tl.constexpr, WORDS: tl.constexpr, BN: tl.constexpr, MAGIC: tl.constexpr):
+        """Tile t as bf16 weights [BN, TILE]. With MAGIC, codes become floats as (q | magic) - 2^23,
+        magic = 2^23's bits as a run-time value: in the dequantize kernel the OR merges into the mask's
+        LOP3, so a full-rate FADD replaces a quarter-rate I2F; in the GEMM it does not merge (SASS: one
+        more instruction a weight than I2F), so the GEMM converts with I2F."""
         q = _tile_codes(w_ptr, rows, row_mask, t, T, P, WORDS, BN)
         g = rows * n_groups + t // tiles_per_group
         s = tl.load(s_ptr + g, mask=row_mask, other=0.0).to(tl.float32)
         b = tl.load(b_ptr + g, mask=row_mask, other=0.0).to(tl.float32)
-        qf = (q | magic).to(tl.float32, bitcast=True) - 8388608.0
+        if MAGIC:
+            qf = (q | magic).to(tl.float32, bitcast=True) - 8388608.0
+        else:
+            qf = q.to(tl.float32)
         return (qf * s[:, None] + b[:, None]).to(tl.bfloat16)
 
     @triton.jit
@@ -390,7 +394,7 @@ if triton is not None:
         for i in range(TILES):
             t = split * TILES + i
             live = n_mask & (rows_n * 0 + t < T)
-            wt = _dequant_tile(w_ptr, s_ptr, b_ptr, rows_n, live, t, T, n_groups, tiles_per_group, magic, P, WORDS, BN)
+            wt = _dequant_tile(w_ptr, s_ptr, b_ptr, rows_n, live, t, T, n_groups, tiles_per_group, magic, P, WORDS, BN, False)
             k = t * TILE + kk
             xt = tl.load(x_ptr + rows_m[:, None] * stride_xm + k[None, :], mask=(rows_m[:, None] < M) & (k[None, :] < K), other=0.0)
             acc = tl.dot(xt, tl.trans(wt), acc)
@@ -407,7 +411,7 @@ if triton is not None:
         rows = tl.program_id(0) * BN + tl.arange(0, BN)
         row_mask = rows < N
         t = tl.program_id(1)
-        wt = _dequant_tile(w_ptr, s_ptr, b_ptr, rows, row_mask, t, T, n_groups, tiles_per_group, magic, P, WORDS, BN)
+        wt = _dequant_tile(w_ptr, s_ptr, b_ptr, rows, row_mask, t, T, n_groups, tiles_per_group, magic, P, WORDS, BN, True)
         k = t * TILE + tl.arange(0, TILE)
         tl.store(out_ptr + rows[:, None] * (T * TILE) + k[None, :], wt, mask=row_mask[:, None])
 
