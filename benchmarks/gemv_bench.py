@@ -93,6 +93,7 @@ def copies_of(layer) -> list:
 def table(args) -> list[str]:
     lines = ["| N x K | bits | M | bf16 us | v2 us | v3 us | v3 / v2 | v3 x bf16 | v3 GB/s | v3 % of bf16 GB/s | v2 err | v3 err | v2 choice | v3 choice |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    configs = ["", "v3 GEMV per configuration (BN, TT, warps), batch 1, us:"]
     for n, k in SHAPES:
         linear = torch.nn.Linear(k, n, bias=False, device="cuda", dtype=torch.bfloat16)
         bf16_copies = copies_of(linear)
@@ -118,6 +119,13 @@ def table(args) -> list[str]:
                     err[v] = ((out.float() - ref).norm() / ref.norm()).item()
                     us[v] = graph_time_us([lambda lay=lay: lay(x) for lay in copies[v]])
                     choice[v] = VERSIONS[v].tuned_choice(m, layer)
+                if m == 1:  # every v3 GEMV configuration, for choosing the candidate set
+                    per_config = []
+                    for config in intq.GEMV_CONFIGS:
+                        t = graph_time_us([lambda lay=lay, c=config: intq._run("gemv", c, x, lay) for lay in copies["v3"]])
+                        per_config.append(f"{config} {t:.1f}")
+                    print(f"  v3 GEMV configs, {n}x{k} W{bits} M=1, us: " + "; ".join(per_config), flush=True)
+                    configs.append(f"{n}x{k} W{bits}: " + "; ".join(per_config))
                 gbs = (weight_bytes + 2 * m * (n + k)) / us["v3"] / 1e3
                 line = (f"| {n}x{k} | {bits} | {m} | {bf16_us[m]:.1f} | {us['v2']:.1f} | {us['v3']:.1f} | {us['v2'] / us['v3']:.2f}x | "
                         f"{bf16_us[m] / us['v3']:.2f} | {gbs:.0f} | {100 * gbs / bf16_gbs[m]:.0f} | {err['v2']:.1e} | {err['v3']:.1e} | "
@@ -126,7 +134,7 @@ def table(args) -> list[str]:
                 lines.append(line)
             del copies, layers
             torch.cuda.empty_cache()
-    return lines
+    return lines + configs
 
 
 def main(argv=None) -> None:
