@@ -251,7 +251,8 @@ if triton is not None:
     @triton.jit
     def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, T, n_groups, tiles_per_group, stride_xm, one,
                      P: tl.constexpr, WORDS: tl.constexpr, BN: tl.constexpr, TT: tl.constexpr,
-                     ITERS: tl.constexpr, EVEN: tl.constexpr, MASK_K: tl.constexpr, PARTIAL: tl.constexpr):
+                     ITERS: tl.constexpr, EVEN: tl.constexpr, MASK_K: tl.constexpr, ONE_GROUP: tl.constexpr,
+                     PARTIAL: tl.constexpr):
         """y[m, rows] for BN rows over ITERS chunks of TT tiles (this program's split of K).
 
         Every tensor is [TT tiles, BN rows, WORDS lanes], x, s and b included (their pointers broadcast
@@ -317,7 +318,7 @@ if triton is not None:
                             hi31 = ((shifted & (1 << 21)) | (one + (4 << 23))).to(tl.float32, bitcast=True)
                             qx += hi30 * x30 + hi31 * x31
                             ys += x30 * 32 + x31 * 16
-            gi = rows_in * n_groups + t_in // tiles_per_group + lane * 0
+            gi = rows_in * n_groups + (t_in * 0 if ONE_GROUP else t_in // tiles_per_group) + lane * 0  # per channel: no division
             s = tl.load(s_ptr + gi).to(tl.float32)
             b = tl.load(b_ptr + gi).to(tl.float32)
             if not EVEN:  # tiles past T (the last split's overrun) add nothing
@@ -462,7 +463,7 @@ def _partial_or_out(split: int, m: int, n: int, device) -> torch.Tensor:
 
 
 def gemv_launch(config: tuple, layout: Layout, n: int, m: int) -> tuple[tuple, tuple, int]:
-    """The GEMV's grid, compile-time arguments (P, WORDS, BN, TT, ITERS, EVEN, MASK_K, PARTIAL) and warps for
+    """The GEMV's grid, compile-time arguments (P, WORDS, BN, TT, ITERS, EVEN, MASK_K, ONE_GROUP, PARTIAL) and warps for
     config (BN, TT, num_warps) on an [n, layout.in_features] layer and m tokens."""
     bn, tt, warps = config
     grid_n = triton.cdiv(n, bn)
@@ -472,7 +473,7 @@ def gemv_launch(config: tuple, layout: Layout, n: int, m: int) -> tuple[tuple, t
     split = triton.cdiv(chunks, iters)
     even = n % bn == 0 and layout.tiles == split * iters * tt
     mask_k = layout.padded_in != layout.in_features
-    return (grid_n, split, m), (layout.bits, layout.words, bn, tt, iters, even, mask_k, split > 1), warps
+    return (grid_n, split, m), (layout.bits, layout.words, bn, tt, iters, even, mask_k, layout.groups == 1, split > 1), warps
 
 
 def _run(kind: str, config: tuple, x: torch.Tensor, layer: PackedLinear) -> torch.Tensor:

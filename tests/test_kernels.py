@@ -2,6 +2,7 @@
 compressed model's function, backends are chosen (or refused with a reason) before any timing, and
 the Triton kernels themselves run in Triton's CPU interpreter against the float32 reference."""
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +167,24 @@ def test_triton_kernels_in_the_cpu_interpreter():
     assert proc.returncode == 0, proc.stderr[-3000:]
     errors = [float(line.split()[-1]) for line in proc.stdout.splitlines()]
     assert len(errors) == len(INTERPRETED_CASES) and max(errors) < 1e-2, proc.stdout  # bf16 output rounding: ~3e-3
+
+
+def test_kernels_compile_for_hopper_without_int_to_float_in_the_gemv():
+    """Triton's compiler (not only its interpreter) accepts every kernel for sm_90, no GPU needed; the
+    GEMV decodes without I2F (its fields become floats through their bit patterns)."""
+    pytest.importorskip("triton.backends.nvidia")
+    sass = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_sass.py"), run_name="kernel_sass")
+    ptr, compile_kernel = sass["ptr"], sass["compile_kernel"]
+    for bits, n, k, group, config in [(3, 4096, 14336, 128, (64, 16, 4)), (4, 300, 1000, -1, (16, 16, 2)), (2, 64, 256, 32, (32, 16, 2)),
+                                      (8, 96, 512, 64, (16, 32, 4))]:
+        compiled = sass["new_kernel"](bits, n, k, group, config)[0]
+        opcodes = [text.split()[0] for _, text in sass["instructions"](sass["sass_of"](compiled)[0])]
+        assert opcodes and not [op for op in opcodes if op.startswith("I2F")], (bits, config)
+        layout = intq.Layout.of(bits, k, group)
+        pdt = "fp32" if bits == 8 else "fp16"
+        common = [layout.tiles, layout.groups, layout.tiles_per_group]
+        compile_kernel(intq._gemm_kernel, [ptr("bf16"), ptr("i32"), ptr(pdt), ptr(pdt), ptr("fp32"), 16, n, k, *common, k, intq.FLOAT_2_23]
+                       + [("const", v) for v in (bits, layout.words, 16, 64, 4, True)], 4)
+        compile_kernel(intq._dequant_kernel, [ptr("i32"), ptr(pdt), ptr(pdt), ptr("bf16"), n, *common, intq.FLOAT_2_23]
+                       + [("const", v) for v in (bits, layout.words, 32)], 4)
+    compile_kernel(intq._sum_splits_kernel, [ptr("fp32"), ptr("bf16"), 1000, ("const", 4), ("const", 1024)], 4)
