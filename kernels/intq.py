@@ -370,14 +370,18 @@ if triton is not None:
         LOP3, so a full-rate FADD replaces a quarter-rate I2F; in the GEMM it does not merge (SASS: one
         more instruction a weight than I2F), so the GEMM converts with I2F."""
         q = _tile_codes(w_ptr, rows, row_mask, t, T, P, WORDS, BN)
-        g = rows * n_groups + t // tiles_per_group
-        s = tl.load(s_ptr + g, mask=row_mask, other=0.0).to(tl.float32)
-        b = tl.load(b_ptr + g, mask=row_mask, other=0.0).to(tl.float32)
+        # s and b loaded at the tile's full shape, unmasked (rows outside read row 0, tiles past T tile
+        # T-1; nothing of theirs is stored), so the compiler merges each thread's loads of one row:
+        # loaded as [BN] and broadcast, they were converted to float32 once per weight (2 HADD2.F32)
+        g = tl.where(row_mask, rows, 0) * n_groups + tl.minimum(t, T - 1) // tiles_per_group
+        g = g[:, None] + tl.arange(0, 32 * WORDS)[None, :] * 0
+        s = tl.load(s_ptr + g).to(tl.float32)
+        b = tl.load(b_ptr + g).to(tl.float32)
         if MAGIC:
             qf = (q | magic).to(tl.float32, bitcast=True) - 8388608.0
         else:
             qf = q.to(tl.float32)
-        return (qf * s[:, None] + b[:, None]).to(tl.bfloat16)
+        return (qf * s + b).to(tl.bfloat16)
 
     @triton.jit
     def _gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, M, N, K, T, n_groups, tiles_per_group, stride_xm, magic,
