@@ -40,7 +40,9 @@ Kernels
   * small batches (from 5 tokens) and prefill: a tiled GEMM; each tile is unpacked, dequantized to bf16 in registers
     and multiplied on tensor cores (tl.dot), fp32 accumulation, split-K when the grid is small.
   * large batches: dequantize the layer to a bf16 scratch buffer, then torch.matmul (cuBLAS); for
-    each shape the faster of this and the fused GEMM is picked by timing both at first use.
+    each shape the faster of this and the fused GEMM is picked by timing both at first use. The
+    dequantize kernel turns codes into floats as (q | bits of 2^23) - 2^23, the GEMM with I2F (the
+    fewer instructions in each; SASS counts in benchmarks/NOTES.md, benchmarks/kernel_sass.py).
 Split-K partial sums go to an fp32 buffer and one small kernel adds them and writes bf16.
 Launch configurations are tuned per (shape, bits, token bucket) by timing a small candidate set at
 the first eager call (never during CUDA-graph capture) and cached for the process.
