@@ -10,25 +10,39 @@ float32 at 8 bits, where a float16 scale's rounding times codes up to 255 would 
 (Symmetric and asymmetric grids, integer or float zero points, are all this one affine form:
 b = -zero * s.) The K axis is cut into tiles of TILE = 32 * WORDS consecutive columns, each tile
 inside one group: WORDS = min(4, group_size / 32) (per channel: 4; K is then zero-padded to a whole
-tile). A tile is 32 "slices" of WORDS consecutive columns; slice i holds columns i*WORDS .. +WORDS-1.
+tile). Inside a tile, column j * WORDS + w (j < 32, w < WORDS) is "field column" j of "lane" w.
 
-The codes are split into bit planes of 1, 2, 4 or 8 bits, so that every field sits wholly inside one
-int32 word: 2 bits -> [2], 3 bits -> [2, 1] (low two bits, then the high bit), 4 -> [4], 8 -> [8].
-A plane of p bits holds F = 32 / p fields per word and takes p words per slice column of a tile:
-plane tensor [N, T tiles, p, WORDS] int32, where word (n, t, c, w) holds in bits f*p .. f*p+p-1 the
-plane's bits of column t*TILE + (c*F + f)*WORDS + w. So 32 consecutive columns of WORDS-strided
-slices cost exactly `bits` words per WORDS columns (3 bits per weight for W3, no waste), a thread
-loads WORDS contiguous words (16 bytes) per plane column, and unpacking is one shift and one mask
-per field, with the shift amount a compile-time constant per field.
+One int32 tensor `qweight` [N, bits, T tiles, WORDS] holds everything: `bits` words per (row, tile,
+lane), so exactly `bits` bits a weight, one pass for every width. Word (n, c, t, w) holds, at bit
+position pos, `width` bits of the code of column t * TILE + j * WORDS + w, for the pieces (c, pos, j):
+  * 2, 4, 8 bits (F = 32 / bits fields a word): field f of word c, bits f*bits .. +bits-1, is the
+    whole code of field column j = c * F + f.
+  * 3 bits: words c = 0, 1, 2 hold 10 fields each, field f at bits 3f .. 3f+2 the whole code of
+    field column j = 10c + f; the two spare bits 30-31 carry columns 30 and 31: bits 30-31 of word 0
+    are bits 0-1 of column 30's code, bits 30-31 of word 1 bits 0-1 of column 31's, bit 30 of word 2
+    is bit 2 of column 30's code and bit 31 of word 2 bit 2 of column 31's.
+The plane-major order [bits, T, WORDS] makes a warp's loads of one word index c over consecutive
+tiles one contiguous stretch (16 bytes a thread). `PIECES[bits]` lists the pieces; `pack_codes` and
+`unpack_codes` are its exact inverse pair.
+
+Decoding without integer-to-float conversions (the GEMV): a word is shifted so that a few of its
+fields sit at mantissa bits 23-bits-d .. 22-d of a float32 (d < 11), one field is masked out and OR-ed
+with the exponent of 2^e, e = bits + d, in one LOP3: that float is exactly 2^e + q. So
+sum_k (q s + b) x = s * (sum_k (2^e_k + q_k) x_k - sum_k 2^e_k x_k) + b * sum_k x_k: per weight one
+LOP3 and one FFMA (plus a shift per few fields); the x sums are shared by all rows a thread holds.
+The rounding of 2^e x (e <= 18 at 8 bits) costs at most 2^(d-23) of a weight's own magnitude, far
+under bf16's 2^-9.
 
 Kernels
 -------
-  * decode (M <= 16 tokens): a split-K GEMV on CUDA cores. Per word it accumulates sum(q * x) and
-    sum(x) over the word's fields, then applies s and b once: sum_k (q s + b) x = s sum q x + b sum x.
+  * decode (M <= 16 tokens): a split-K GEMV on CUDA cores with the decoding above; each thread holds
+    several rows, each x value it loads serves all of them, and per tile it applies s and b once.
   * small batches (from 5 tokens) and prefill: a tiled GEMM; each tile is unpacked, dequantized to bf16 in registers
     and multiplied on tensor cores (tl.dot), fp32 accumulation, split-K when the grid is small.
   * large batches: dequantize the layer to a bf16 scratch buffer, then torch.matmul (cuBLAS); for
-    each shape the faster of this and the fused GEMM is picked by timing both at first use.
+    each shape the faster of this and the fused GEMM is picked by timing both at first use. The
+    dequantize kernel turns codes into floats as (q | bits of 2^23) - 2^23, the GEMM with I2F (the
+    fewer instructions in each; SASS counts in benchmarks/NOTES.md, benchmarks/kernel_sass.py).
 Split-K partial sums go to an fp32 buffer and one small kernel adds them and writes bf16.
 Launch configurations are tuned per (shape, bits, token bucket) by timing a small candidate set at
 the first eager call (never during CUDA-graph capture) and cached for the process.
@@ -48,9 +62,8 @@ except ImportError:  # pragma: no cover - CI installs triton; a bare CPU machine
     triton = None
 
 NAME = "triton-intq"
-KERNEL_VERSION = "2"
-PLANES = {2: (2,), 3: (2, 1), 4: (4,), 8: (8,)}
-SUPPORTED_BITS = tuple(PLANES)
+KERNEL_VERSION = "3"
+SUPPORTED_BITS = (2, 3, 4, 8)
 REFITS = 2
 
 
@@ -101,7 +114,7 @@ class Layout:
 
 
 def unsupported_reason(bits: int, group_size: int) -> str | None:
-    if bits not in PLANES:
+    if bits not in SUPPORTED_BITS:
         return f"{bits}-bit weights: the integer kernels pack {', '.join(map(str, SUPPORTED_BITS))} bits"
     if group_size != -1 and group_size % 32:
         return f"group_size={group_size}: the integer kernels need a multiple of 32 (or -1, per channel)"
@@ -111,33 +124,37 @@ def unsupported_reason(bits: int, group_size: int) -> str | None:
 # ---------------------------------------------------------------- packing (pure torch, exact)
 
 
-def pack_codes(codes: torch.Tensor, layout: Layout) -> list[torch.Tensor]:
-    """Integer codes [N, K] -> the bit-plane tensors [N, T, p, WORDS] int32 of the format above."""
+def _pieces(bits: int) -> list[tuple[int, int, int, int, int]]:
+    """(word c, bit position, field column j, code bit offset, width) of each piece of the format."""
+    if bits == 3:
+        whole = [(c, 3 * f, 10 * c + f, 0, 3) for c in range(3) for f in range(10)]
+        return whole + [(0, 30, 30, 0, 2), (1, 30, 31, 0, 2), (2, 30, 30, 2, 1), (2, 31, 31, 2, 1)]
+    fields = 32 // bits
+    return [(c, f * bits, c * fields + f, 0, bits) for c in range(bits) for f in range(fields)]
+
+
+PIECES = {bits: _pieces(bits) for bits in SUPPORTED_BITS}
+
+
+def pack_codes(codes: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """Integer codes [N, K] -> `qweight` [N, bits, T, WORDS] int32 of the format above."""
     rows = codes.shape[0]
     q = torch.zeros(rows, layout.padded_in, dtype=torch.int64, device=codes.device)
     q[:, : codes.shape[1]] = codes.to(torch.int64)
     q = q.view(rows, layout.tiles, 32, layout.words)
-    planes, shift = [], 0
-    for p in PLANES[layout.bits]:
-        fields = 32 // p
-        v = ((q >> shift) & (2**p - 1)).view(rows, layout.tiles, p, fields, layout.words)
-        word = (v << (torch.arange(fields, device=q.device) * p).view(1, 1, 1, fields, 1)).sum(3)
-        planes.append(torch.where(word >= 2**31, word - 2**32, word).to(torch.int32))  # two's complement
-        shift += p
-    return planes
+    word = torch.zeros(rows, layout.bits, layout.tiles, layout.words, dtype=torch.int64, device=codes.device)
+    for c, pos, j, offset, width in PIECES[layout.bits]:
+        word[:, c] |= ((q[:, :, j] >> offset) & (2**width - 1)) << pos
+    return torch.where(word >= 2**31, word - 2**32, word).to(torch.int32)  # two's complement
 
 
-def unpack_codes(planes: list[torch.Tensor], layout: Layout) -> torch.Tensor:
+def unpack_codes(qweight: torch.Tensor, layout: Layout) -> torch.Tensor:
     """The inverse of pack_codes: [N, K] int64 codes."""
-    rows = planes[0].shape[0]
-    q = torch.zeros(rows, layout.tiles, 32, layout.words, dtype=torch.int64, device=planes[0].device)
-    shift = 0
-    for p, plane in zip(PLANES[layout.bits], planes):
-        fields = 32 // p
-        word = plane.to(torch.int64).view(rows, layout.tiles, p, 1, layout.words)
-        v = (word >> (torch.arange(fields, device=q.device) * p).view(1, 1, 1, fields, 1)) & (2**p - 1)
-        q |= v.reshape(rows, layout.tiles, 32, layout.words) << shift
-        shift += p
+    rows = qweight.shape[0]
+    word = qweight.to(torch.int64) & (2**32 - 1)
+    q = torch.zeros(rows, layout.tiles, 32, layout.words, dtype=torch.int64, device=qweight.device)
+    for c, pos, j, offset, width in PIECES[layout.bits]:
+        q[:, :, j] |= ((word[:, c] >> pos) & (2**width - 1)) << offset
     return q.view(rows, layout.padded_in)[:, : layout.in_features]
 
 
@@ -196,8 +213,7 @@ class PackedLinear(nn.Module):
         super().__init__()
         self.layout = layout
         self.out_features, self.in_features = codes.shape
-        for i, plane in enumerate(pack_codes(codes, layout)):
-            self.register_buffer(f"plane{i}", plane)
+        self.register_buffer("qweight", pack_codes(codes, layout))
         pad = layout.groups - scale.shape[1]  # per channel with a padded K keeps one group
         self.register_buffer("scale", nn.functional.pad(scale, (0, pad)).to(layout.param_dtype).contiguous())
         self.register_buffer("offset", nn.functional.pad(offset, (0, pad)).to(layout.param_dtype).contiguous())
@@ -210,14 +226,10 @@ class PackedLinear(nn.Module):
         codes, scale, offset, error = fit_grid(linear.weight.detach(), layout)
         return cls(codes, scale, offset, layout, linear.bias), error
 
-    @property
-    def planes(self) -> list[torch.Tensor]:
-        return [getattr(self, f"plane{i}") for i in range(len(PLANES[self.layout.bits]))]
-
     def dequantized(self) -> torch.Tensor:
         """W as float32 [N, K] from the packed form (the reference the kernels are checked against)."""
         layout = self.layout
-        q = unpack_codes(self.planes, layout).float()
+        q = unpack_codes(self.qweight, layout).float()
         g = layout.group_len if layout.group_size != -1 else self.in_features
         expand = lambda t: t[:, : math.ceil(self.in_features / g)].float().repeat_interleave(g, 1)[:, : self.in_features]
         return q * expand(self.scale) + expand(self.offset)
@@ -239,88 +251,146 @@ def convert(linear: nn.Linear, compression, method_options: dict) -> tuple[Packe
 if triton is not None:
 
     @triton.jit
-    def _plane_dot(p_ptr, x_ptr, rows, row_mask, t0, t_end, T, K, TILE: tl.constexpr, P: tl.constexpr,
-                   WORDS: tl.constexpr, TT: tl.constexpr, BN: tl.constexpr):
-        """For TT tiles from t0 of one bit plane, per (row, plane column j = tile * P + c, word): the sum
-        over the word's F fields of q * x, and per (plane column, word) the sum of those x. Everything
-        stays in the layout of the loaded words: one shift, mask, convert and FMA per weight, no shuffles."""
-        F: tl.constexpr = 32 // P
-        j = tl.arange(0, TT * P)
-        w = tl.arange(0, WORDS)
-        tile = t0 + j // P
-        live = tile < t_end
-        off = rows[:, None, None] * (T * P * WORDS) + (t0 * P + j)[None, :, None] * WORDS + w[None, None, :]
-        words = tl.load(p_ptr + off, mask=row_mask[:, None, None] & live[None, :, None], other=0)
-        k0 = tile[:, None] * TILE + ((j % P) * F)[:, None] * WORDS + w[None, :]  # column of field 0
-        qx = tl.zeros([BN, TT * P, WORDS], tl.float32)
-        xs = tl.zeros([TT * P, WORDS], tl.float32)
-        for f in tl.static_range(F):
-            k = k0 + f * WORDS
-            xv = tl.load(x_ptr + k, mask=live[:, None] & (k < K), other=0.0).to(tl.float32)
-            qx += ((words >> (f * P)) & ((1 << P) - 1)).to(tl.float32) * xv[None, :, :]
-            xs += xv
-        return qx, xs, tile
+    def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, T, n_groups, tiles_per_group, stride_xm, one,
+                     P: tl.constexpr, WORDS: tl.constexpr, BN: tl.constexpr, TT: tl.constexpr,
+                     ITERS: tl.constexpr, EVEN: tl.constexpr, MASK_K: tl.constexpr, ONE_GROUP: tl.constexpr,
+                     PARTIAL: tl.constexpr):
+        """y[m, rows] for BN rows over ITERS chunks of TT tiles (this program's split of K).
 
-    @triton.jit
-    def _gemv_kernel(x_ptr, p0_ptr, p1_ptr, s_ptr, b_ptr, out_ptr, N, K, T, tiles_per_split, n_groups,
-                     tiles_per_group, stride_xm, P0: tl.constexpr, P1: tl.constexpr, WORDS: tl.constexpr,
-                     BN: tl.constexpr, TT: tl.constexpr, PARTIAL: tl.constexpr):
+        Every tensor is [TT tiles, BN rows, WORDS lanes], x, s and b included (their pointers broadcast
+        over the rows or lanes): one shape, so Triton gives every load the same layout (a warp's lanes
+        over consecutive tiles, 16 contiguous bytes a thread; warps and repeats over rows) and no
+        layout conversion goes through shared memory. A thread then holds the same tiles for several
+        rows, and its loads and sums of an x value serve all of them (the repeated loads of one address
+        are merged by the compiler; so no load is masked, which would stop that: rows past N and tiles
+        past T read row N-1 and tile T-1 and their s and b are zeroed; only x past K is masked, when K
+        is not a whole number of tiles, MASK_K). `one` is 127 << 23 (the exponent of 1.0), a run-time value so that
+        masking a field and OR-ing in an exponent stays one LOP3 (two immediates would take two)."""
         pid_n, split, m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         TILE: tl.constexpr = 32 * WORDS
-        rows = pid_n * BN + tl.arange(0, BN)
-        row_mask = rows < N
+        F: tl.constexpr = 10 if P == 3 else 32 // P  # whole fields a word
+        SLOTS: tl.constexpr = 11 if P == 3 else F  # 3 bits: slot 10 is the spare bits 30-31
+        G: tl.constexpr = 10 // P + 1  # fields one shift can bring to usable positions (d = 0, P, .. <= 10)
+        HI: tl.constexpr = 23 - P  # a field at mantissa bits HI .. 22 has d = 0
+        LO_F: tl.constexpr = (HI - 10 + P - 1) // P  # fields LO_F .. HI_F-1 are usable where they are
+        HI_F: tl.constexpr = HI // P + 1
+        rows = (pid_n * BN + tl.arange(0, BN))[None, :, None]
+        rows_in = rows if EVEN else tl.minimum(rows, N - 1)
+        lane = tl.arange(0, WORDS)[None, None, :]
         x_row = x_ptr + m * stride_xm
-        t_begin = split * tiles_per_split
-        t_end = tl.minimum(T, t_begin + tiles_per_split)
-        acc0 = tl.zeros([BN, TT * P0, WORDS], tl.float32)
-        acc1 = tl.zeros([BN, TT, WORDS], tl.float32)  # P1 is 0 or 1 (only W3 has a second plane)
-        for t0 in range(t_begin, t_end, TT):
-            qx, xs, tile = _plane_dot(p0_ptr, x_row, rows, row_mask, t0, t_end, T, K, TILE, P0, WORDS, TT, BN)
-            gm = row_mask[:, None] & (tile < t_end)[None, :]
-            g = rows[:, None] * n_groups + (tile // tiles_per_group)[None, :]
-            s = tl.load(s_ptr + g, mask=gm, other=0.0).to(tl.float32)
-            b = tl.load(b_ptr + g, mask=gm, other=0.0).to(tl.float32)
-            acc0 += s[:, :, None] * qx + b[:, :, None] * xs[None, :, :]
-            if P1 > 0:
-                qx1, _, tile1 = _plane_dot(p1_ptr, x_row, rows, row_mask, t0, t_end, T, K, TILE, P1, WORDS, TT, BN)
-                g1 = rows[:, None] * n_groups + (tile1 // tiles_per_group)[None, :]
-                s1 = tl.load(s_ptr + g1, mask=row_mask[:, None] & (tile1 < t_end)[None, :], other=0.0).to(tl.float32)
-                acc1 += (s1 * (1 << P0))[:, :, None] * qx1
-        y = tl.sum(tl.sum(acc0, axis=2), axis=1)
-        if P1 > 0:
-            y += tl.sum(tl.sum(acc1, axis=2), axis=1)
+        acc = tl.zeros([TT, BN, WORDS], tl.float32)
+        for i in range(ITERS):
+            t = ((split * ITERS + i) * TT + tl.arange(0, TT))[:, None, None]
+            t_in = t if EVEN else tl.minimum(t, T - 1)
+            w_off = rows_in * (P * T * WORDS) + t_in * WORDS + lane
+            k0 = t_in * TILE + lane + rows * 0  # column of field column 0, broadcast over the rows
+            qx = tl.zeros([TT, BN, WORDS], tl.float32)  # sum of (2^e + q) x
+            ys = tl.zeros([TT, BN, WORDS], tl.float32)  # sum of 2^e x (the same in every row)
+            xs = tl.zeros([TT, BN, WORDS], tl.float32)  # sum of x (the same in every row)
+            for c in tl.static_range(P):
+                word = tl.load(w_ptr + w_off + c * T * WORDS)
+                for f in tl.static_range(SLOTS):
+                    # fields LO_F .. HI_F-1 stay where they are; the others go in runs of G, counted away
+                    # from those, each run shifted so that its field nearest them lands at HI (below) or
+                    # its farthest at HI (above); equal shifts of one word are computed once (the
+                    # compiler merges them)
+                    below = LO_F - 1 - (LO_F - 1 - f) // G * G
+                    above = HI_F + (f - HI_F) // G * G + G - 1
+                    top = below if f < LO_F else (above if above < SLOTS else SLOTS - 1)
+                    shift = 0 if (f >= LO_F) & (f < HI_F) else HI - top * P
+                    shifted = word << shift if shift >= 0 else word >> -shift
+                    if f < F:
+                        pos = f * P + shift
+                        xv = _x_field(x_row, k0, c * F + f, K, WORDS, MASK_K)
+                        v = ((shifted & (((1 << P) - 1) << pos)) | (one + ((23 - pos) << 23))).to(tl.float32, bitcast=True)
+                        qx += v * xv
+                        ys += xv * (1 << (23 - pos))
+                        xs += xv
+                    elif f < SLOTS:  # 3 bits, the spare bits 30-31, now at 20-21
+                        if c < 2:  # bits 0-1 of column 30 (word 0) or 31 (word 1): 8 + q mod 4
+                            xv = _x_field(x_row, k0, 30 + c, K, WORDS, MASK_K)
+                            v = ((shifted & (3 << 20)) | (one + (3 << 23))).to(tl.float32, bitcast=True)
+                            qx += v * xv
+                            ys += xv * 8
+                            xs += xv
+                        else:  # bit 2 of columns 30 and 31 (word 2): 32 + 4 hi and 16 + 4 hi
+                            x30 = _x_field(x_row, k0, 30, K, WORDS, MASK_K)
+                            x31 = _x_field(x_row, k0, 31, K, WORDS, MASK_K)
+                            hi30 = ((shifted & (1 << 20)) | (one + (5 << 23))).to(tl.float32, bitcast=True)
+                            hi31 = ((shifted & (1 << 21)) | (one + (4 << 23))).to(tl.float32, bitcast=True)
+                            qx += hi30 * x30 + hi31 * x31
+                            ys += x30 * 32 + x31 * 16
+            gi = rows_in * n_groups + (t_in * 0 if ONE_GROUP else t_in // tiles_per_group) + lane * 0  # per channel: no division
+            s = tl.load(s_ptr + gi).to(tl.float32)
+            b = tl.load(b_ptr + gi).to(tl.float32)
+            if not EVEN:  # tiles past T (the last split's overrun) add nothing
+                s = tl.where(t < T, s, 0.0)
+                b = tl.where(t < T, b, 0.0)
+            acc += s * (qx - ys) + b * xs
+        y = tl.sum(tl.sum(acc, axis=2), axis=0)
+        rows1 = pid_n * BN + tl.arange(0, BN)
         if PARTIAL:
-            tl.store(out_ptr + (split * tl.num_programs(2) + m) * N + rows, y, mask=row_mask)
+            tl.store(out_ptr + (split * tl.num_programs(2) + m) * N + rows1, y, mask=rows1 < N)
         else:
-            tl.store(out_ptr + m * N + rows, y.to(tl.bfloat16), mask=row_mask)
+            tl.store(out_ptr + m * N + rows1, y.to(tl.bfloat16), mask=rows1 < N)
 
     @triton.jit
-    def _plane_codes(p_ptr, rows, row_mask, t, T, P: tl.constexpr, WORDS: tl.constexpr, BN: tl.constexpr):
-        """One tile of one bit plane as [BN, TILE] codes in column order."""
-        F: tl.constexpr = 32 // P
-        c = tl.arange(0, P)
-        f = tl.arange(0, F)
-        w = tl.arange(0, WORDS)
-        off = rows[:, None, None] * (T * P * WORDS) + (t * P + c)[None, :, None] * WORDS + w[None, None, :]
-        words = tl.load(p_ptr + off, mask=row_mask[:, None, None], other=0)
-        q = (words[:, :, None, :] >> (f * P)[None, None, :, None]) & ((1 << P) - 1)
+    def _x_field(x_row, k0, j, K, WORDS: tl.constexpr, MASK_K: tl.constexpr):
+        """x at field column j of the tiles of k0, as float32 (0 past K)."""
+        if MASK_K:
+            return tl.load(x_row + k0 + j * WORDS, mask=k0 + j * WORDS < K, other=0.0).to(tl.float32)
+        return tl.load(x_row + k0 + j * WORDS).to(tl.float32)
+
+    @triton.jit
+    def _tile_codes(w_ptr, rows, row_mask, t, T, P: tl.constexpr, WORDS: tl.constexpr, BN: tl.constexpr):
+        """Tile t as [BN, TILE] codes in column order (field column j, then lane)."""
+        lane = tl.arange(0, WORDS)
+        if P == 3:
+            base = w_ptr + rows[:, None] * (3 * T * WORDS) + t * WORDS + lane[None, :]
+            w0 = tl.load(base, mask=row_mask[:, None], other=0)[:, None, :]
+            w1 = tl.load(base + T * WORDS, mask=row_mask[:, None], other=0)[:, None, :]
+            w2 = tl.load(base + 2 * T * WORDS, mask=row_mask[:, None], other=0)[:, None, :]
+            j = tl.arange(0, 32)[None, :, None]  # index arithmetic below is per register, not per tile
+            whole = j < 30
+            c = tl.where(whole, j // 10, j - 30)  # the word with bits 0-1 (all three bits for j < 30)
+            low = (tl.where(c == 0, w0, tl.where(c == 1, w1, w2)) >> tl.where(whole, (j % 10) * 3, 30)) & tl.where(whole, 7, 3)
+            q = low | ((w2 >> (j - 2)) & tl.where(whole, 0, 4))  # bit 2 of columns 30, 31: bits 30, 31 of word 2
+        else:
+            F: tl.constexpr = 32 // P
+            c = tl.arange(0, P)
+            f = tl.arange(0, F)
+            off = rows[:, None, None] * (P * T * WORDS) + c[None, :, None] * (T * WORDS) + t * WORDS + lane[None, None, :]
+            words = tl.load(w_ptr + off, mask=row_mask[:, None, None], other=0)
+            q = (words[:, :, None, :] >> (f * P)[None, None, :, None]) & ((1 << P) - 1)
         return tl.reshape(q, [BN, 32 * WORDS])
 
     @triton.jit
-    def _dequant_tile(p0_ptr, p1_ptr, s_ptr, b_ptr, rows, row_mask, t, T, n_groups, tiles_per_group,
-                      P0: tl.constexpr, P1: tl.constexpr, WORDS: tl.constexpr, BN: tl.constexpr):
-        q = _plane_codes(p0_ptr, rows, row_mask, t, T, P0, WORDS, BN)
-        if P1 > 0:
-            q += _plane_codes(p1_ptr, rows, row_mask, t, T, P1, WORDS, BN) << P0
-        g = rows * n_groups + t // tiles_per_group
-        s = tl.load(s_ptr + g, mask=row_mask, other=0.0).to(tl.float32)
-        b = tl.load(b_ptr + g, mask=row_mask, other=0.0).to(tl.float32)
-        return (q.to(tl.float32) * s[:, None] + b[:, None]).to(tl.bfloat16)
+    def _dequant_tile(w_ptr, s_ptr, b_ptr, rows, row_mask, t, T, n_groups, tiles_per_group, magic,
+                      P: tl.constexpr, WORDS: tl.constexpr, BN: tl.constexpr, MAGIC: tl.constexpr):
+        """Tile t as bf16 weights [BN, TILE]. With MAGIC, codes become floats as (q | magic) - 2^23,
+        magic = 2^23's bits as a run-time value: in the dequantize kernel the OR merges into the mask's
+        LOP3, so a full-rate FADD replaces a quarter-rate I2F; in the GEMM it does not merge (SASS: one
+        more instruction a weight than I2F), so the GEMM converts with I2F."""
+        q = _tile_codes(w_ptr, rows, row_mask, t, T, P, WORDS, BN)
+        # s and b loaded at the tile's full shape, unmasked (rows outside read row 0, tiles past T tile
+        # T-1; nothing of theirs is stored), so the compiler merges each thread's loads of one row:
+        # loaded as [BN] and broadcast, they were converted to float32 once per weight (2 HADD2.F32)
+        g = tl.where(row_mask, rows, 0) * n_groups + tl.minimum(t, T - 1) // tiles_per_group
+        g = g[:, None] + tl.arange(0, 32 * WORDS)[None, :] * 0
+        s = tl.load(s_ptr + g).to(tl.float32)
+        b = tl.load(b_ptr + g).to(tl.float32)
+        if MAGIC:
+            qf = (q | magic).to(tl.float32, bitcast=True) - 8388608.0
+        else:
+            qf = q.to(tl.float32)
+        return (qf * s + b).to(tl.bfloat16)
 
     @triton.jit
-    def _gemm_kernel(x_ptr, p0_ptr, p1_ptr, s_ptr, b_ptr, out_ptr, M, N, K, T, tiles_per_split, n_groups,
-                     tiles_per_group, stride_xm, P0: tl.constexpr, P1: tl.constexpr, WORDS: tl.constexpr,
-                     BM: tl.constexpr, BN: tl.constexpr, PARTIAL: tl.constexpr):
+    def _gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, M, N, K, T, n_groups, tiles_per_group, stride_xm, magic,
+                     P: tl.constexpr, WORDS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                     TILES: tl.constexpr, PARTIAL: tl.constexpr):
+        """TILES tiles from split * TILES (a compile-time trip count: Triton 3.6's interpreter cannot
+        loop to a run-time bound); tiles past T are masked."""
         pid_m, pid_n, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         TILE: tl.constexpr = 32 * WORDS
         rows_m = pid_m * BM + tl.arange(0, BM)
@@ -328,10 +398,10 @@ if triton is not None:
         n_mask = rows_n < N
         kk = tl.arange(0, TILE)
         acc = tl.zeros([BM, BN], tl.float32)
-        t_begin = split * tiles_per_split
-        t_end = tl.minimum(T, t_begin + tiles_per_split)
-        for t in range(t_begin, t_end):
-            wt = _dequant_tile(p0_ptr, p1_ptr, s_ptr, b_ptr, rows_n, n_mask, t, T, n_groups, tiles_per_group, P0, P1, WORDS, BN)
+        for i in range(TILES):
+            t = split * TILES + i
+            live = n_mask & (rows_n * 0 + t < T)
+            wt = _dequant_tile(w_ptr, s_ptr, b_ptr, rows_n, live, t, T, n_groups, tiles_per_group, magic, P, WORDS, BN, False)
             k = t * TILE + kk
             xt = tl.load(x_ptr + rows_m[:, None] * stride_xm + k[None, :], mask=(rows_m[:, None] < M) & (k[None, :] < K), other=0.0)
             acc = tl.dot(xt, tl.trans(wt), acc)
@@ -342,18 +412,18 @@ if triton is not None:
             tl.store(out_ptr + rows_m[:, None] * N + rows_n[None, :], acc.to(tl.bfloat16), mask=mask)
 
     @triton.jit
-    def _dequant_kernel(p0_ptr, p1_ptr, s_ptr, b_ptr, out_ptr, N, T, n_groups, tiles_per_group,
-                        P0: tl.constexpr, P1: tl.constexpr, WORDS: tl.constexpr, BN: tl.constexpr):
+    def _dequant_kernel(w_ptr, s_ptr, b_ptr, out_ptr, N, T, n_groups, tiles_per_group, magic,
+                        P: tl.constexpr, WORDS: tl.constexpr, BN: tl.constexpr):
         TILE: tl.constexpr = 32 * WORDS
         rows = tl.program_id(0) * BN + tl.arange(0, BN)
         row_mask = rows < N
         t = tl.program_id(1)
-        wt = _dequant_tile(p0_ptr, p1_ptr, s_ptr, b_ptr, rows, row_mask, t, T, n_groups, tiles_per_group, P0, P1, WORDS, BN)
+        wt = _dequant_tile(w_ptr, s_ptr, b_ptr, rows, row_mask, t, T, n_groups, tiles_per_group, magic, P, WORDS, BN, True)
         k = t * TILE + tl.arange(0, TILE)
         tl.store(out_ptr + rows[:, None] * (T * TILE) + k[None, :], wt, mask=row_mask[:, None])
 
     @triton.jit
-    def _sum_splits_kernel(part_ptr, out_ptr, total, SPLITS, BLOCK: tl.constexpr):
+    def _sum_splits_kernel(part_ptr, out_ptr, total, SPLITS: tl.constexpr, BLOCK: tl.constexpr):
         i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = i < total
         acc = tl.zeros([BLOCK], tl.float32)
@@ -370,58 +440,78 @@ DEQUANT_MIN_TOKENS = 256  # from here on, dequantize + cuBLAS is also tried
 # light programs per multiprocessor; the GEMM needs only a few waves.
 GEMV_PROGRAMS = 8 * 132
 GEMM_PROGRAMS = 4 * 132
-# (BN, TT, num_warps) for the GEMV; (BM, BN, num_warps, num_stages) for the GEMM
-GEMV_CONFIGS = [(16, 2, 4), (16, 4, 4), (32, 2, 4), (32, 4, 8), (64, 2, 8)]
+# (BN, TT, num_warps) for the GEMV: a warp spans min(TT, 32) tiles and 32 / TT rows, so a thread holds
+# BN * TT / (32 * num_warps) rows (8; 16 in (64, 32, 4): 255 registers, no spills, 9% fewer instructions
+# a weight; 4 in the last, one warp over 8 tiles, which makes the most programs for small layers), each x
+# value it loads serving all of them. Every configuration compiles to a large
+# unrolled kernel (1.5-3 s each on a CPU), so the set stays small;
+# (BM, BN, num_warps, num_stages) for the GEMM
+GEMV_CONFIGS = [(32, 32, 4), (64, 16, 4), (32, 16, 2), (64, 32, 4), (16, 8, 1)]
 GEMM_SMALL = [(16, 64, 4, 3), (16, 128, 4, 4), (32, 64, 4, 3)]
 GEMM_LARGE = [(64, 128, 4, 3), (128, 128, 8, 3), (128, 256, 8, 3)]
 _tuned: dict[tuple, tuple] = {}
+MANTISSA_ONE = 127 << 23  # float32 exponent bits of 1.0
+FLOAT_2_23 = 150 << 23  # float32 bits of 2^23: (q | FLOAT_2_23) as a float is 2^23 + q
 
 
 def token_bucket(m: int) -> int:
     return 1 << max(0, (m - 1).bit_length())
 
 
-def _splits(programs: int, tiles: int, wanted: int) -> int:
-    """Split K until the grid has `wanted` programs, each keeping at least 2 tiles."""
+def _splits(programs: int, chunks: int, wanted: int, least: int = 2) -> int:
+    """Split K until the grid has `wanted` programs, each keeping at least `least` chunks of K."""
     split = 1
-    while programs * split < wanted and tiles // (split * 2) >= 2:
+    while programs * split < wanted and chunks // (split * 2) >= least:
         split *= 2
     return split
+
+
+def _partial_or_out(split: int, m: int, n: int, device) -> torch.Tensor:
+    shape, dtype = ((split, m, n), torch.float32) if split > 1 else ((m, n), torch.bfloat16)
+    return torch.empty(shape, device=device, dtype=dtype)
+
+
+def gemv_launch(config: tuple, layout: Layout, n: int, m: int) -> tuple[tuple, tuple, int]:
+    """The GEMV's grid, compile-time arguments (P, WORDS, BN, TT, ITERS, EVEN, MASK_K, ONE_GROUP, PARTIAL) and warps for
+    config (BN, TT, num_warps) on an [n, layout.in_features] layer and m tokens."""
+    bn, tt, warps = config
+    grid_n = triton.cdiv(n, bn)
+    chunks = triton.cdiv(layout.tiles, tt)
+    # split from the row blocks alone, not the tokens: the compile-time ITERS (and so the compiled
+    # kernel) is then one for every token count of a shape
+    split = _splits(grid_n, chunks, GEMV_PROGRAMS, least=1)
+    iters = triton.cdiv(chunks, split)
+    split = triton.cdiv(chunks, iters)
+    even = n % bn == 0 and layout.tiles == split * iters * tt
+    mask_k = layout.padded_in != layout.in_features
+    return (grid_n, split, m), (layout.bits, layout.words, bn, tt, iters, even, mask_k, layout.groups == 1, split > 1), warps
 
 
 def _run(kind: str, config: tuple, x: torch.Tensor, layer: PackedLinear) -> torch.Tensor:
     layout = layer.layout
     m, n = x.shape[0], layer.out_features
-    planes = layer.planes
-    p0, p1 = planes[0], planes[-1]
-    bits = PLANES[layout.bits]
-    b0, b1 = bits[0], (bits[1] if len(bits) > 1 else 0)
+    w, bits, words = layer.qweight, layout.bits, layout.words
     common = (layout.tiles, layout.groups, layout.tiles_per_group)
     if kind == "dequant":
-        w = torch.empty(n, layout.padded_in, device=x.device, dtype=torch.bfloat16)
+        dense = torch.empty(n, layout.padded_in, device=x.device, dtype=torch.bfloat16)
         bn = 32
-        _dequant_kernel[(triton.cdiv(n, bn), layout.tiles)](p0, p1, layer.scale, layer.offset, w, n, *common, b0, b1, layout.words, bn, num_warps=4)
-        return x @ w[:, : layer.in_features].T
+        _dequant_kernel[(triton.cdiv(n, bn), layout.tiles)](w, layer.scale, layer.offset, dense, n, *common, FLOAT_2_23, bits, words, bn, num_warps=4)
+        return x @ dense[:, : layer.in_features].T
     if kind == "gemv":
-        bn, tt, warps = config
-        grid_n = triton.cdiv(n, bn)
-        split = _splits(grid_n * m, layout.tiles // tt, GEMV_PROGRAMS)
-        per_split = triton.cdiv(triton.cdiv(layout.tiles, split), tt) * tt
-        split = triton.cdiv(layout.tiles, per_split)
-        out = torch.empty((split, m, n) if split > 1 else (m, n), device=x.device, dtype=torch.float32 if split > 1 else torch.bfloat16)
-        _gemv_kernel[(grid_n, split, m)](x, p0, p1, layer.scale, layer.offset, out, n, layer.in_features, layout.tiles, per_split,
-                                         layout.groups, layout.tiles_per_group, x.stride(0), b0, b1, layout.words, bn, tt,
-                                         split > 1, num_warps=warps)
+        grid, meta, warps = gemv_launch(config, layout, n, m)
+        split = grid[1]
+        out = _partial_or_out(split, m, n, x.device)
+        _gemv_kernel[grid](x, w, layer.scale, layer.offset, out, n, layer.in_features, *common, x.stride(0),
+                           MANTISSA_ONE, *meta, num_warps=warps)
     else:
         bm, bn, warps, stages = config
         grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
         split = _splits(grid[0] * grid[1], layout.tiles, GEMM_PROGRAMS)
         per_split = triton.cdiv(layout.tiles, split)
         split = triton.cdiv(layout.tiles, per_split)
-        out = torch.empty((split, m, n) if split > 1 else (m, n), device=x.device, dtype=torch.float32 if split > 1 else torch.bfloat16)
-        _gemm_kernel[(*grid, split)](x, p0, p1, layer.scale, layer.offset, out, m, n, layer.in_features, layout.tiles, per_split,
-                                     layout.groups, layout.tiles_per_group, x.stride(0), b0, b1, layout.words, bm, bn,
-                                     split > 1, num_warps=warps, num_stages=stages)
+        out = _partial_or_out(split, m, n, x.device)
+        _gemm_kernel[(*grid, split)](x, w, layer.scale, layer.offset, out, m, n, layer.in_features, *common, x.stride(0), FLOAT_2_23,
+                                     bits, words, bm, bn, per_split, split > 1, num_warps=warps, num_stages=stages)
     if split == 1:
         return out
     y = torch.empty(m, n, device=x.device, dtype=torch.bfloat16)
