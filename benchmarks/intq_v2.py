@@ -45,6 +45,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from harness.kernels.intq import fit_grid  # the grid fit is the same in both versions: only packing and kernels are frozen
+
 try:  # the packing format is pure torch (testable anywhere); the kernels need Triton
     import triton
     import triton.language as tl
@@ -55,7 +57,6 @@ NAME = "triton-intq"
 KERNEL_VERSION = "2"
 PLANES = {2: (2,), 3: (2, 1), 4: (4,), 8: (8,)}
 SUPPORTED_BITS = tuple(PLANES)
-REFITS = 2
 
 
 @dataclass(frozen=True)
@@ -143,54 +144,6 @@ def unpack_codes(planes: list[torch.Tensor], layout: Layout) -> torch.Tensor:
         q |= v.reshape(rows, layout.tiles, 32, layout.words) << shift
         shift += p
     return q.view(rows, layout.padded_in)[:, : layout.in_features]
-
-
-def fit_grid(weight: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-    """Recover (codes, scale, offset) of an already group-quantized weight, W ~ q * s + b per group.
-
-    The compressed model holds dequantized values s * (q - z) (rounded to its dtype). Two estimates of
-    each group's step are tried: the min/max range over 2^bits - 1 (exact for round-to-nearest) and the
-    smallest gap between distinct values (exact when a group does not reach both ends of its grid, as
-    after GPTQ); codes and a least-squares s and b are refitted alternately, and each group keeps the
-    estimate with the smaller max error. Also returns ||W - (q s + b)|| / ||W||: about 1e-3 when W is
-    on such a grid (bf16 rounding of the stored values), a few 1e-2 and more when it is not (a method
-    whose weights are not group-wise uniform, e.g. AWQ's folded per-column scales)."""
-    maxq = 2**layout.bits - 1
-    w = weight.float().reshape(weight.shape[0], -1, layout.group_len if layout.group_size != -1 else weight.shape[1])
-    lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
-    spread = (hi - lo).clamp(min=torch.finfo(torch.float32).tiny)
-    by_range = spread / maxq
-    values = w.sort(-1).values
-    gaps = values.diff(dim=-1)
-    noise = 2 ** -7 * values.abs().amax(-1, keepdim=True)  # bf16 rounding of the stored values
-    by_gap = torch.where(gaps > noise, gaps, torch.inf).amin(-1, keepdim=True)
-    by_gap = torch.where(torch.isfinite(by_gap) & (spread / by_gap <= maxq + 0.5), by_gap, by_range)
-    best = None
-    for step in (by_range, by_gap):
-        q = torch.round((w - lo) / step).clamp(0, maxq)
-        for _ in range(REFITS):  # codes and (s, b) alternately: fixes codes an imprecise first step put one off
-            scale, offset = _least_squares(w, q)
-            q = torch.round((w - offset) / scale).clamp(0, maxq)
-        scale, offset = _least_squares(w, q)
-        scale, offset = scale.to(layout.param_dtype).float(), offset.to(layout.param_dtype).float()
-        residual = (w - (q * scale + offset)).abs().amax(-1, keepdim=True)
-        if best is None:
-            best = [q, scale, offset, residual]
-        else:
-            better = residual < best[3]
-            best = [torch.where(better, new, old) for new, old in zip((q, scale, offset, residual), best)]
-    q, scale, offset, _ = best
-    error = ((w - (q * scale + offset)).norm() / w.norm().clamp(min=torch.finfo(torch.float32).tiny)).item()
-    return q.reshape(weight.shape).to(torch.int64), scale.squeeze(-1), offset.squeeze(-1), error
-
-
-def _least_squares(w: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per group, the s, b minimizing ||w - (q s + b)||^2 (a group with one code: s = 1, b = mean)."""
-    qm, wm = q.mean(-1, keepdim=True), w.mean(-1, keepdim=True)
-    var = ((q - qm) ** 2).sum(-1, keepdim=True)
-    cov = ((q - qm) * (w - wm)).sum(-1, keepdim=True)
-    scale = torch.where(var > 0, cov / var.clamp(min=1e-30), torch.ones_like(var))
-    return scale, wm - scale * qm
 
 
 class PackedLinear(nn.Module):
