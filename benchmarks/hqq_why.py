@@ -7,6 +7,8 @@ Per layer, for each variant's dequantized weight Wq against the model's W (dW = 
   out     sqrt(tr(dW H dW^T) / tr(W H W^T)), H = X^T X over calibration activations X of that layer:
           the relative error of the layer's output X W^T on real inputs
   out_mean the same for the mean input only (||dW mu|| / ||W mu||): the error every token shares
+  top_channel ||dW[:, c]|| / ||W[:, c]|| for the input channel c of largest mean square activation
+          (SmolLM2 has a few channels 20-40x the median: their weights' errors dominate `out`)
   gain    <dW, W> / <W, W>: how much of the error is a rescaling of W (0 for an unbiased quantizer)
 Perplexity: every compressible layer replaced by the variant, pydoc test windows (the first
 --max-eval-tokens tokens), the harness's Perplexity task.
@@ -56,6 +58,8 @@ VARIANTS = {
     "hqq_axis0_iters1": ("hqq", {"axis": 0, "iters": 1}, None),
     "hqq_axis0_beta1e3": ("hqq", {"axis": 0, "beta": 1e3}, None),
     "hqq_axis0_round_zero": ("hqq", {"axis": 0, "round_zero": True}, None),
+    "hqq_axis1_float_zero": ("hqq", {"axis": 1, "round_zero": False}, None),
+    "hqq_axis0_float_zero": ("hqq", {"axis": 0, "round_zero": False}, None),
     "hqq_axis1_gain_removed": ("hqq", {"axis": 1}, "remove_gain"),
     "hqq_axis1_no_opt_gain_removed": ("hqq", {"axis": 1, "optimize": False}, "remove_gain"),
     "rtn_with_hqq_axis1_gain": ("rtn", {}, HQQ_AXIS1),
@@ -88,7 +92,9 @@ def input_grams(model, layers: dict[str, torch.nn.Linear], windows: torch.Tensor
 def layer_errors(w: torch.Tensor, wq: torch.Tensor, gram: torch.Tensor, total: torch.Tensor) -> dict[str, float]:
     w, dw = w.double(), wq.double() - w.double()
     out = torch.trace(dw @ gram @ dw.T) / torch.trace(w @ gram @ w.T)
+    top = int(torch.diagonal(gram).argmax())  # the input channel of largest mean square activation
     return {
+        "top_channel": float(dw[:, top].norm() / w[:, top].norm()),
         "l2": float(dw.norm() / w.norm()),
         "lp": float(dw.abs().pow(0.7).sum() / w.abs().pow(0.7).sum()),
         "out": float(out.sqrt()),
@@ -164,7 +170,7 @@ def summarize(per_layer: dict[str, dict[str, dict[str, float]]], reference: str)
     summary = {}
     for variant, layers in per_layer.items():
         row = {}
-        for metric in ("l2", "lp", "out", "out_mean"):
+        for metric in ("l2", "lp", "out", "out_mean", "top_channel"):
             ratios = torch.tensor([layers[n][metric] / per_layer[reference][n][metric] for n in layers])
             row[f"{metric}_median_ratio"] = float(ratios.median())
             row[f"{metric}_lower_share"] = float((ratios < 1).double().mean())
