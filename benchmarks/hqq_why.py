@@ -6,9 +6,12 @@ Per layer, for each variant's dequantized weight Wq against the model's W (dW = 
   lp      sum |dW|^0.7 / sum |W|^0.7 (the norm HQQ's optimizer is named after)
   out     sqrt(tr(dW H dW^T) / tr(W H W^T)), H = X^T X over calibration activations X of that layer:
           the relative error of the layer's output X W^T on real inputs
+  out_first the same on the first token of each window only (the attention sink)
   out_mean the same for the mean input only (||dW mu|| / ||W mu||): the error every token shares
   top_channel ||dW[:, c]|| / ||W[:, c]|| for the input channel c of largest mean square activation
-          (SmolLM2 has a few channels 20-40x the median: their weights' errors dominate `out`)
+          (SmolLM2 has a few channels 20-40x the median: their weights' errors dominate `out`);
+          top_channel_activation / top_channel_weight: that channel's activation RMS and weight column
+          norm over the median channel's (properties of the layer, the same for every variant)
   gain    <dW, W> / <W, W>: how much of the error is a rescaling of W (0 for an unbiased quantizer)
 Perplexity: every compressible layer replaced by the variant, pydoc test windows (the first
 --max-eval-tokens tokens), the harness's Perplexity task.
@@ -67,15 +70,16 @@ VARIANTS = {
 }
 
 
-def input_grams(model, layers: dict[str, torch.nn.Linear], windows: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer: (X^T X, sum of X) over every token of `windows`, float64."""
+def input_grams(model, layers: dict[str, torch.nn.Linear], windows: torch.Tensor) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Per layer: (X^T X, sum of X, X0^T X0) over every token of `windows`, float64; X0: the first
+    token of each window only (the attention sink, whose value every later token reads)."""
     stats: dict[str, list] = {}
 
     def hook(name):
         def accumulate(module, args, output):
             x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            gram, total = stats.setdefault(name, [0, 0])
-            stats[name] = [gram + x.T @ x, total + x.sum(0)]
+            gram, total, first = stats.setdefault(name, [0, 0, 0])
+            stats[name] = [gram + x.T @ x, total + x.sum(0), first + x[:1].T @ x[:1]]
         return accumulate
 
     handles = [layer.register_forward_hook(hook(name)) for name, layer in layers.items()]
@@ -86,18 +90,25 @@ def input_grams(model, layers: dict[str, torch.nn.Linear], windows: torch.Tensor
     finally:
         for h in handles:
             h.remove()
-    return {name: (gram, total) for name, (gram, total) in stats.items()}
+    return {name: tuple(values) for name, values in stats.items()}
 
 
-def layer_errors(w: torch.Tensor, wq: torch.Tensor, gram: torch.Tensor, total: torch.Tensor) -> dict[str, float]:
+def relative_output_error(w: torch.Tensor, dw: torch.Tensor, gram: torch.Tensor) -> float:
+    return float((torch.trace(dw @ gram @ dw.T) / torch.trace(w @ gram @ w.T)).sqrt())
+
+
+def layer_errors(w: torch.Tensor, wq: torch.Tensor, gram: torch.Tensor, total: torch.Tensor, first: torch.Tensor) -> dict[str, float]:
     w, dw = w.double(), wq.double() - w.double()
-    out = torch.trace(dw @ gram @ dw.T) / torch.trace(w @ gram @ w.T)
-    top = int(torch.diagonal(gram).argmax())  # the input channel of largest mean square activation
+    power = torch.diagonal(gram)
+    top = int(power.argmax())  # the input channel of largest mean square activation
     return {
         "top_channel": float(dw[:, top].norm() / w[:, top].norm()),
+        "top_channel_activation": float((power[top] / power.median()).sqrt()),  # its RMS over the median channel's
+        "top_channel_weight": float(w[:, top].norm() / w.norm(dim=0).median()),  # its column norm over the median column's
         "l2": float(dw.norm() / w.norm()),
         "lp": float(dw.abs().pow(0.7).sum() / w.abs().pow(0.7).sum()),
-        "out": float(out.sqrt()),
+        "out": relative_output_error(w, dw, gram),
+        "out_first": relative_output_error(w, dw, first),
         "out_mean": float((dw @ total).norm() / (w @ total).norm()),
         "gain": gain(w, wq),
     }
@@ -170,7 +181,7 @@ def summarize(per_layer: dict[str, dict[str, dict[str, float]]], reference: str)
     summary = {}
     for variant, layers in per_layer.items():
         row = {}
-        for metric in ("l2", "lp", "out", "out_mean", "top_channel"):
+        for metric in ("l2", "lp", "out", "out_first", "out_mean", "top_channel"):
             ratios = torch.tensor([layers[n][metric] / per_layer[reference][n][metric] for n in layers])
             row[f"{metric}_median_ratio"] = float(ratios.median())
             row[f"{metric}_lower_share"] = float((ratios < 1).double().mean())
