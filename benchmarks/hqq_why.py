@@ -175,6 +175,22 @@ def shrinkage_share(layers: dict[str, torch.nn.Linear], fmt: QuantFormat, axis: 
     return shares | {"threshold_beta_10": 10.0 ** (-1 / 1.3), "largest_abs_error": largest}
 
 
+@torch.no_grad()
+def zero_offsets(layers: dict[str, torch.nn.Linear], fmt: QuantFormat, axis: int, round_zero: bool) -> dict[str, float]:
+    """How far the package's optimized zero (Quantizer.quantize, its default optimizer) ends from an
+    integer, in steps: at an integer zero 0.0 is a level of the group."""
+    from hqq.core.quantize import Quantizer
+
+    distances = []
+    for layer in layers.values():
+        _, meta = Quantizer.quantize(layer.weight.detach().float(), nbits=fmt.bits, group_size=fmt.group_size, axis=axis,
+                                     round_zero=round_zero, bitpack=False, device="cpu")
+        zero = meta["zero"].float().flatten()
+        distances.append((zero - zero.round()).abs())
+    distance = torch.cat(distances)
+    return {"median": float(distance.median()), "share_below_0.1": float((distance < 0.1).double().mean())}
+
+
 def summarize(per_layer: dict[str, dict[str, dict[str, float]]], reference: str) -> dict[str, dict[str, float]]:
     """Per variant and metric: the median over layers of variant/reference, and the share of layers
     where the variant's error is lower; gain: the median itself."""
@@ -188,6 +204,26 @@ def summarize(per_layer: dict[str, dict[str, dict[str, float]]], reference: str)
         row["gain_median"] = float(torch.tensor([m["gain"] for m in layers.values()]).median())
         summary[variant] = row
     return summary
+
+
+def by_layer_type(per_layer: dict[str, dict[str, dict[str, float]]], reference: str) -> dict[str, dict[str, dict[str, float]]]:
+    """Per variant, per layer type (q_proj, ..., down_proj): the median over layers of variant/reference
+    for each error metric, and the median of each layer property."""
+    table = {}
+    for variant, layers in per_layer.items():
+        types: dict[str, list[str]] = {}
+        for name in layers:
+            types.setdefault(name.rsplit(".", 1)[-1], []).append(name)
+        table[variant] = {}
+        for kind, names in types.items():
+            row = {}
+            for metric in next(iter(layers.values())):
+                values = [layers[n][metric] for n in names]
+                if metric not in ("gain", "top_channel_activation", "top_channel_weight"):
+                    values = [v / per_layer[reference][n][metric] for v, n in zip(values, names)]
+                row[metric] = float(torch.tensor(values).median())
+            table[variant][kind] = row
+    return table
 
 
 def main() -> None:
@@ -216,6 +252,8 @@ def main() -> None:
     fmt = QuantFormat(args.bits, args.group_size, False)
     shrinkage = {f"axis{axis}": shrinkage_share(layers, fmt, axis) for axis in (0, 1)}
     print("HQQ's lp shrinkage on the min-max errors:", json.dumps(shrinkage), flush=True)
+    zeros = {f"axis{axis}_round_zero_{rz}": zero_offsets(layers, fmt, axis, rz) for axis in (0, 1) for rz in (False, True)}
+    print("HQQ's optimized zero, distance from an integer (steps):", json.dumps(zeros), flush=True)
     windows = calibration_windows(tokenizer, "pydoc", args.calib_windows, args.calib_seqlen, seed=0)
     grams = input_grams(model, layers, windows)
     task = None
@@ -247,7 +285,9 @@ def main() -> None:
                                 "calib_tokens": int(windows.numel()), "eval": task.info if task else None},
         "ppl": ppl,
         "hqq_shrinkage": shrinkage,
+        "hqq_zero_distance_from_integer": zeros,
         "summary": summarize(per_layer, "rtn"),
+        "by_layer_type": by_layer_type(per_layer, "rtn"),
         "per_layer": per_layer,
         "quantize_seconds": seconds,
     }
