@@ -63,6 +63,9 @@ VARIANTS = {
     "hqq_axis0_round_zero": ("hqq", {"axis": 0, "round_zero": True}, None),
     "hqq_axis1_float_zero": ("hqq", {"axis": 1, "round_zero": False}, None),
     "hqq_axis0_float_zero": ("hqq", {"axis": 0, "round_zero": False}, None),
+    # One layer type from another variant (by the layer name's last part), the rest from the first.
+    "hqq_axis1_but_v_proj_rtn": ("mix", {"rest": "hqq_axis1", "v_proj": "rtn"}, None),
+    "rtn_but_v_proj_hqq_axis1": ("mix", {"rest": "rtn", "v_proj": "hqq_axis1"}, None),
     "hqq_axis1_gain_removed": ("hqq", {"axis": 1}, "remove_gain"),
     "hqq_axis1_no_opt_gain_removed": ("hqq", {"axis": 1, "optimize": False}, "remove_gain"),
     "rtn_with_hqq_axis1_gain": ("rtn", {}, HQQ_AXIS1),
@@ -119,8 +122,10 @@ def gain(w: torch.Tensor, wq: torch.Tensor) -> float:
     return float(((wq.double() - w) * w).sum() / (w * w).sum())
 
 
-def variant_weight(variant: str, fmt: QuantFormat, layer: torch.nn.Linear) -> torch.Tensor:
+def variant_weight(variant: str, fmt: QuantFormat, layer: torch.nn.Linear, name: str) -> torch.Tensor:
     method_name, options, rescale = VARIANTS[variant]
+    if method_name == "mix":
+        return variant_weight(options.get(name.rsplit(".", 1)[-1], options["rest"]), fmt, layer, name)
     w = layer.weight.detach()
     wq = w.clone() if method_name is None else quantized(method_name, options, fmt, layer)
     if rescale == "remove_gain":
@@ -270,7 +275,7 @@ def main() -> None:
         start = time.perf_counter()
         per_layer[variant] = {}
         for name, layer in layers.items():
-            wq = variant_weight(variant, fmt, layer)
+            wq = variant_weight(variant, fmt, layer, name)
             per_layer[variant][name] = layer_errors(original[name], wq, *grams[name])
             layer.weight.data.copy_(wq)
         seconds[variant] = time.perf_counter() - start
