@@ -17,7 +17,7 @@ package's), through the package's own hook for it (Quantizer.optimize_weights).
 
 At 3 bits BaseQuantizeConfig leaves the zero a float from the start, so 0.0 is in general no level of
 a group (RTN's integer zero keeps it one): a small weight's error is up to half a step whatever its
-size. On SmolLM2 at w3g64 this is most of HQQ's gap to RTN with axis=1 (pydoc ppl 90.3 against RTN's
+size. On SmolLM2 at w3g64 this is most of HQQ's gap to RTN with axis=1 (CPU, 8,192 pydoc tokens: 90.3 against RTN's
 37.2; +method.round_zero=true 38.6), not the optimizer (benchmarks/NOTES.md, 2026-12-01).
 
 `axis` is the package's grouping: 1 (BaseQuantizeConfig's default, the layout its fast kernels need)
