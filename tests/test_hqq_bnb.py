@@ -84,6 +84,57 @@ def test_hqq_is_the_packages_hqqlinear_with_its_base_config(bits, axis):
 
 
 @pytest.mark.parametrize(
+    "options,opt_params,round_zero",
+    [
+        ({"lp_norm": 2.0}, {"lp_norm": 2.0}, None),
+        ({"lp_norm": 1.0, "beta": 1e3, "kappa": 1.05, "iters": 3}, {"lp_norm": 1.0, "beta": 1e3, "kappa": 1.05, "iters": 3}, None),
+        ({"round_zero": True}, {}, True),
+    ],
+)
+def test_hqq_optimizer_settings_are_the_packages_opt_params(one_thread, options, opt_params, round_zero):
+    """method.lp_norm / beta / kappa / iters are the opt_params of the package's default optimizer
+    (set the way the package lets one replace Quantizer.optimize_weights), method.round_zero its
+    weight_quant_params' round_zero; the package's own optimizer is back in place afterwards."""
+    from functools import partial
+
+    from hqq.core.optimize import optimize_weights_proximal
+    from hqq.core.quantize import BaseQuantizeConfig, HQQLinear, Quantizer
+
+    torch.manual_seed(3)
+    w = torch.randn(16, 256) * torch.exp(torch.randn(1, 256))
+    ours = compressed("hqq", {"axis": 1} | options, QuantFormat(3, 32, False), w)
+    assert Quantizer.optimize_weights is optimize_weights_proximal
+    default = compressed("hqq", {"axis": 1}, QuantFormat(3, 32, False), w)
+    assert not torch.equal(ours, default)  # the setting reached the package
+
+    config = BaseQuantizeConfig(nbits=3, group_size=32, axis=1)
+    if round_zero is not None:
+        config["weight_quant_params"]["round_zero"] = round_zero
+    source = torch.nn.Linear(256, 16, bias=False)
+    source.weight.data.copy_(w)
+    Quantizer.optimize_weights = partial(optimize_weights_proximal, opt_params={"lp_norm": 0.7, "beta": 10.0, "kappa": 1.01, "iters": 20} | opt_params)
+    try:
+        package = HQQLinear(source, config, compute_dtype=torch.float16, device="cpu")
+    finally:
+        Quantizer.optimize_weights = optimize_weights_proximal
+    assert torch.equal(ours, package.dequantize().double())
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"iters": 0}, "method.iters=0: at least 1"),
+        ({"lp_norm": 0}, "method.lp_norm=0"),
+        ({"beta": -1.0}, "method.beta=-1.0"),
+        ({"kappa": 0.5}, "method.kappa=0.5"),
+    ],
+)
+def test_hqq_optimizer_settings_out_of_range_are_rejected(options, message):
+    with pytest.raises(ConfigError, match=message):
+        load_method("hqq", options)
+
+
+@pytest.mark.parametrize(
     "overrides,message",
     [
         (["method=bnb", "bits=5"], "4-bit absmax"),
