@@ -6,6 +6,7 @@ import hashlib
 import json
 import socket
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -50,11 +51,30 @@ def _items(items) -> dict:
     return {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items}
 
 
+def finished_records(folder: Path, wait_s: float = 60.0) -> list:
+    """The records of the folder's run log once wandb has written its closing `exit` record: wandb's
+    service writes the log asynchronously, and on a loaded machine `run.finish()` can return before
+    the file holds more than its header (seen once in a full CI run)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        late = time.monotonic() > deadline
+        logs = list(folder.glob("run-*.wandb"))
+        try:
+            records = list(wandb_records(logs[0])) if len(logs) == 1 else []
+        except AssertionError:  # a chunk caught half written; read again
+            if late:
+                raise
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or late:
+            assert len(logs) == 1, f"{folder}: {len(logs)} run logs"
+            return records
+        time.sleep(0.2)
+
+
 def offline_run(folder: Path) -> dict:
     """What one offline run folder holds: its group, name, config, history, summary and artifacts."""
-    (log_file,) = folder.glob("run-*.wandb")
     run = {"dir": folder, "history": {}, "summary": {}, "config": {}, "artifacts": []}
-    for record in wandb_records(log_file):
+    for record in finished_records(folder):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run |= {"group": record.run.run_group, "name": record.run.display_name, "project": record.run.project}
