@@ -33,12 +33,13 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def problem(seed: int = 0):
-    """W [96, 512] and H = 2/n X^T X from activations with outlier channels and one dead input."""
+def problem(seed: int = 0, dead: bool = True):
+    """W [96, 512] and H = 2/n X^T X from activations with outlier channels and (`dead`) one dead input."""
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(ROWS, COLS, generator=gen)
     x = torch.randn(1024, COLS, generator=gen) * torch.exp(torch.randn(COLS, generator=gen))
-    x[:, 7] = 0
+    if dead:
+        x[:, 7] = 0
     return w, 2 / 8 * x.T @ x
 
 
@@ -135,6 +136,63 @@ def fasterquant(W, H, quantizer, blocksize=128, percdamp=0.01, groupsize=-1, act
     if actorder:
         Q = Q[:, invperm]
     return Q
+
+
+def llmcompressor_qparams(W, bits, groupsize):
+    """compressed-tensors' calculate_qparams for asymmetric INT groups, from llm-compressor's
+    memoryless_minmax weight observer (its default) over the whole weight: codes in
+    [-2^(bits-1), 2^(bits-1) - 1], the zero point rounded to int8."""
+    bit_min, bit_max = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    groups = W.unflatten(-1, (-1, groupsize))
+    min_vals = torch.clamp(groups.amin(-1), max=0)
+    max_vals = torch.clamp(groups.amax(-1), min=0)
+    scales = (max_vals - min_vals) / float(bit_max - bit_min)
+    zero_points = torch.clamp(bit_min - min_vals / scales, bit_min, bit_max)
+    scales = torch.where(scales == 0, torch.finfo(scales.dtype).eps, scales)
+    return scales, torch.round(zero_points).to(torch.int8), bit_min, bit_max
+
+
+def llmcompressor_quantize_weight(W, H, bits, groupsize, blocksize=128, percdamp=0.01, actorder=None):
+    """llm-compressor 0.14 modifiers/gptq/gptq_quantize.py quantize_weight, one module (eager
+    gptq_block_update, GROUP strategy): qparams computed once by the observer from the original
+    weight (before dead inputs are zeroed), actorder "static" (= "weight", GPTQModifier's default)
+    permutes the columns but keeps every column's original group."""
+    W = W.clone().float()
+    H = H.clone()
+    columns = W.shape[1]
+    scale, zero_point, bit_min, bit_max = llmcompressor_qparams(W, bits, groupsize)
+    perm = None
+    if actorder == "static":
+        perm = torch.argsort(torch.diag(H), descending=True)
+        W, H = W[:, perm], H[perm][:, perm]
+    g_idx = torch.arange(columns, dtype=torch.int) // groupsize
+    if perm is not None:
+        g_idx = g_idx[perm]
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    damp = percdamp * torch.mean(torch.diag(H))
+    diag = torch.arange(columns)
+    H[diag, diag] += damp
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    for i1 in range(0, columns, blocksize):
+        i2 = min(i1 + blocksize, columns)
+        W1 = W[:, i1:i2].clone()
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            w = W1[:, i]
+            g = g_idx[i1 + i]
+            scaled = w / scale[:, g] + zero_point[:, g].to(w.dtype)  # fake_quantize, CHANNEL strategy
+            q = (torch.round(torch.clamp(scaled, bit_min, bit_max)) - zero_point[:, g].to(w.dtype)) * scale[:, g]
+            error = (w - q) / Hinv1[i, i]
+            Q1[:, i] = q
+            Err1[:, i] = error
+            W1[:, i:] -= error.unsqueeze(-1) * Hinv1[i, i:].unsqueeze(0)
+        W[:, i1:i2] = Q1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    return W if perm is None else W[:, torch.argsort(perm)]
 
 
 def fasterprune(W, H, sparsity, prunen=0, prunem=0, blocksize=128, percdamp=0.01, quantizer=None):
@@ -276,6 +334,32 @@ def test_gptq_symmetric_is_fasterquant():
     w, h = problem(5)
     reference = fasterquant(w, h, Quantizer(4, sym=True), BLOCK, 0.01, 64)
     assert_same(gptq_quantize(w, h, QuantFormat(4, 64, True), 0.01, BLOCK), reference, w)
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+@pytest.mark.parametrize("group", [64, 128])
+@pytest.mark.parametrize("act_order", [False, True], ids=["", "act-order"])
+def test_gptq_static_groups_is_llmcompressor(bits, group, act_order):
+    """llm-compressor's GPTQ (observer qparams from the whole original weight, then the sweep) is our
+    static_groups=True, with act_order its default actorder "static". Without dead inputs: the
+    toolkit's observer sees a dead input's weights before they are zeroed, the reference's static
+    groups after (test_gptq_llmcompressor_dead_input)."""
+    w, h = problem(bits, dead=False)
+    reference = llmcompressor_quantize_weight(w, h, bits, group, BLOCK, 0.01, "static" if act_order else None)
+    assert_same(gptq_quantize(w, h, QuantFormat(bits, group, False), 0.01, BLOCK, act_order, static_groups=True), reference, w)
+
+
+def test_gptq_llmcompressor_dead_input():
+    """With a dead input (column 7) only its group's parameters differ, and only when that input's
+    weights set the group's range: the rest of the matrix before the group is the same."""
+    w, h = problem(3)
+    w[:, 7] = 3 * w.abs().max()  # sets the range of group 0 in every row
+    ours = gptq_quantize(w, h, QuantFormat(3, 64, False), 0.01, BLOCK, static_groups=True)
+    theirs = llmcompressor_quantize_weight(w, h, 3, 64, BLOCK, 0.01)
+    assert not torch.allclose(ours[:, :64], theirs[:, :64])
+    w_zeroed = w.clone()
+    w_zeroed[:, 7] = 0
+    assert_same(ours, llmcompressor_quantize_weight(w_zeroed, h, 3, 64, BLOCK, 0.01), w)
 
 
 @pytest.mark.parametrize(
