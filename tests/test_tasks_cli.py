@@ -65,3 +65,28 @@ def test_lm_eval_task_by_name_runs_on_the_compressed_model(tmp_path):
     documents = info["documents"]["harness_facts"]  # a seeded random sample, not the first 6
     assert len(documents) == 6 and documents == sorted(documents) and documents != list(range(6)) and max(documents) < 716
     assert info["configs"]["harness_facts"]["output_type"] == "multiple_choice" and info["versions"]["harness_facts"] == 1.0
+
+
+def test_llm_kick_retrieval_prompt_end_to_end_and_its_record_diagnosed(tmp_path):
+    """fictional_qa_llm_kick through `python -m harness`: the record names LLM-KICK's prompt (no solved
+    example); benchmarks/knowledge_probe.py --records reads the answers back without loading a model."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run_cli(*TINY, "method=none", "tasks=[fictional_qa_llm_kick]", FEW, "eval_batch_size=3", results_dir=tmp_path)
+    (record,) = records(tmp_path)
+    info = record["tasks"]["fictional_qa_llm_kick"]
+    assert info["prompt_style"] == "llm_kick" and info["prompt_version"] == "icrqa/llm-kick" and info["solved_example"] is None
+    assert info["max_new_tokens"] == 32 and len(info["outputs"]["open_book"]) == 6
+    repo = Path(__file__).resolve().parents[1]
+    probe = subprocess.run([sys.executable, "benchmarks/knowledge_probe.py", "--records", str(tmp_path)], cwd=repo,
+                           capture_output=True, text=True, timeout=300, check=True)
+    lines = [json.loads(line) for line in probe.stdout.splitlines()]
+    assert {(line["task"], line["mode"], line["prompt_style"]) for line in lines} == {
+        ("fictional_qa_llm_kick", "closed_book", "llm_kick"), ("fictional_qa_llm_kick", "open_book", "llm_kick")}
+    metrics = record["metrics"]
+    for line in lines:
+        assert line["em"] == round(metrics[f"fictional_qa_llm_kick/{line['mode']}/em"], 3)
+        assert 0 <= line["answer_anywhere_in_output"] <= 1 and 0 <= line["no_line_break"] <= 1
