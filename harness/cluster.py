@@ -80,8 +80,8 @@ def slurm_job_state(job_id: str) -> str | None:
 
 @contextmanager
 def signals_recorded():
-    """Yield a dict whose "signal" holds the name of the last noted signal received in the block."""
-    seen: dict[str, str | None] = {"signal": None}
+    """Yield a list that collects, in arrival order, the names of the noted signals received in the block."""
+    seen: list[str] = []
     if threading.current_thread() is not threading.main_thread():
         yield seen
         return
@@ -97,9 +97,9 @@ def signals_recorded():
             signal.signal(number, handler)
 
 
-def _noting(name: str, handler, seen: dict[str, str | None]):
+def _noting(name: str, handler, seen: list[str]):
     def note(signum, frame):
-        seen["signal"] = name
+        seen.append(name)
         if handler is signal.default_int_handler:
             raise KeyboardInterrupt
         if callable(handler):
@@ -111,12 +111,16 @@ def _noting(name: str, handler, seen: dict[str, str | None]):
     return note
 
 
-def interruption(err: BaseException, signal_name: str | None) -> str:
-    """The `error` of an interrupted record: which signal, and what became of the job."""
-    how = f"interrupted by {signal_name or type(err).__name__}"
-    if isinstance(err, SystemExit) and signal_name in ("SIGUSR1", "SIGUSR2"):
-        return f"{how}: time limit or preemption; submitit requeued the job"
-    return how
+def interruption(err: BaseException, seen: list[str]) -> str:
+    """The `error` of an interrupted record: which signal, and what became of the job.
+
+    submitit's SIGUSR1/2 handler requeues the job with `scontrol requeue`, which makes Slurm send SIGTERM
+    while that handler still runs, and then exits; so a SystemExit after a SIGUSR is the requeue whatever
+    arrived after it."""
+    requeue = [name for name in seen if name in ("SIGUSR1", "SIGUSR2")]
+    if isinstance(err, SystemExit) and requeue:
+        return f"interrupted by {requeue[0]}: time limit or preemption; submitit requeued the job"
+    return f"interrupted by {seen[-1] if seen else type(err).__name__}"
 
 
 def use_cache_dir(cache_dir: str | None) -> None:

@@ -97,11 +97,11 @@ def _run_claimed(exp: Experiment, rid: str, method, specs, logger) -> dict[str, 
             record["env"]["model_revision"] = record.pop("model_revision")
             record["status"], record["error"] = "ok", None
         except Exception as err:
-            after = f" (after {seen['signal']})" if seen["signal"] else ""
+            after = f" (after {seen[-1]})" if seen else ""
             record.update(status="failed", error=f"{type(err).__name__}: {err}{after}", metrics={}, stats={}, tasks={})
             raise
         except BaseException as err:  # Ctrl-C, SIGTERM, submitit's exit after a requeue
-            record.update(status="interrupted", error=cluster.interruption(err, seen["signal"]), metrics={}, stats={}, tasks={})
+            record.update(status="interrupted", error=cluster.interruption(err, seen), metrics={}, stats={}, tasks={})
             raise
         finally:
             record["timings"] = watch.timings

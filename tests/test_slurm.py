@@ -93,7 +93,9 @@ def test_a_cancelled_job_is_completed_by_a_relaunch_without_duplicates(tmp_path)
     claims = tmp_path / "claims"
     claim = wait_for(lambda: next(iter(claims.glob("*.lock")), None), 300, "a point to be claimed by its job")
     victim = json.loads(wait_for(claim.read_text, 10, "the claim's owner"))["job_id"]
-    subprocess.run(["scancel", victim], check=True)
+    # SIGKILL at once: a plain scancel sends SIGTERM, which submitit's bypass handler ignores, and the job
+    # ends only at Slurm's SIGKILL KillWait (5 s) later, by which time a fast machine has finished the point.
+    subprocess.run(["scancel", "--full", "--signal=KILL", victim], check=True)
     code, output = finish(proc)
     assert code == 1, output[-4000:]
     before = records(tmp_path)
