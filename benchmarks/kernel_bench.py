@@ -24,7 +24,7 @@ import triton
 
 from harness import compress, kernels, latency
 from harness.config import Compression
-from harness.kernels import bf16, intq, nf4, sparse24
+from harness.kernels import bf16, intq, nf4, sparse24, sparse24_intq
 from harness.numerics.quant import QuantFormat, fake_quantize
 from harness.numerics.sparsity import SparsityPattern, nm_mask
 
@@ -62,6 +62,10 @@ def make_layer(kind: str, bits: int, n: int, k: int, group: int, seed: int):
     if kind == "bf16":
         linear.weight.copy_(w)
         return linear, linear.weight.float()
+    if kind.startswith("2:4+w"):  # 2:4 sparse, kept half quantized: what SparseGPT 2:4 with bits produces
+        linear.weight.copy_(fake_quantize(w, fmt) * nm_mask(w.abs(), 2, 4))
+        layer = sparse24_intq.SparsePackedLinear(linear, bits, group)
+        return layer, layer.dequantized()
     if kind.startswith("2:4"):
         w = w * nm_mask(w.abs(), 2, 4)
         linear.weight.copy_(w)
@@ -83,10 +87,10 @@ def rel_err(out, ref) -> float:
 @torch.no_grad()
 def layer_table(args, bandwidth) -> list[dict]:
     rows, base = [], {}
-    kinds = ["bf16"] + [f"w{b}g{args.group_size}" for b in args.bits] + ["nf4", "2:4"]
+    kinds = ["bf16"] + [f"w{b}g{args.group_size}" for b in args.bits] + ["nf4", "2:4", f"2:4+w4g{args.group_size}"]
     for n, k in SHAPES:
         for kind in kinds:
-            bits = int(kind[1]) if kind.startswith("w") else 16
+            bits = int(kind.split("w")[1].split("g")[0]) if "w" in kind else 16
             try:
                 layer, ref_w = make_layer(kind, bits, n, k, args.group_size, seed=n + k)
             except Exception as err:  # a backend that cannot build here is reported, not hidden
@@ -106,7 +110,7 @@ def layer_table(args, bandwidth) -> list[dict]:
                 if kind == "bf16":
                     base[(n, k, m)] = us
                 moved = weight_bytes + 2 * m * (n + k)
-                choice = intq.tuned_choice(m, layer) if isinstance(layer, intq.PackedLinear) else None
+                choice = intq.tuned_choice(m, layer)
                 rows.append(dict(kind=kind, n=n, k=k, m=m, us=us, gbs=moved / us / 1e3, pct=100 * moved / us / 1e3 / bandwidth,
                                  speedup=base[(n, k, m)] / us if (n, k, m) in base else float("nan"), err=err, choice=choice))
                 r = rows[-1]
@@ -128,17 +132,18 @@ def llama(seed: int):
 @torch.no_grad()
 def end_to_end(args) -> list[dict]:
     variants = [("bf16", None, None)] + [(f"w{b}g{args.group_size}", QuantFormat(b, args.group_size, False), None) for b in args.e2e_bits]
-    variants += [("2:4", None, SparsityPattern(0.5, 2, 4))]
+    variants += [("2:4", None, SparsityPattern(0.5, 2, 4)), (f"2:4+w4g{args.group_size}", QuantFormat(4, args.group_size, False), SparsityPattern(0.5, 2, 4))]
     rows = []
     for name, fmt, pattern in variants:
         try:
             model = llama(0)
             layers = compress.compressible_layers(model)
             for layer in layers.values():
+                mask = nm_mask(layer.weight.abs(), 2, 4) if pattern is not None else None
                 if fmt is not None:
                     layer.weight.copy_(fake_quantize(layer.weight, fmt))
-                if pattern is not None:
-                    layer.weight.mul_(nm_mask(layer.weight.abs(), 2, 4))
+                if mask is not None:  # the mask of the unquantized weights, as SparseGPT chooses it
+                    layer.weight.mul_(mask)
             compression = Compression(quant=fmt, sparsity=pattern)
             backend, reason = kernels.choose(compression, "rtn", {})
             assert backend is not None, reason

@@ -24,7 +24,7 @@ for stage in "$@"; do
   layers) timeout "${LAYERS_S:-260}" python3 benchmarks/kernel_bench.py --no-e2e --out "$OUT/layers.md" ;;
   e2e)    timeout "${E2E_S:-200}" python3 benchmarks/kernel_bench.py --no-layers --e2e-bits "${E2E_BITS:-4,3,2}" --out "$OUT/e2e.md" ;;
   gemv)   timeout "${GEMV_S:-330}" python3 benchmarks/gemv_bench.py --bits "${GEMV_BITS:-4,3,2}" --tokens "${GEMV_TOKENS:-1,16}" --out "$OUT/gemv.md" ;;
-  sass)   timeout "${SASS_S:-120}" python3 benchmarks/kernel_sass.py --bits 4,3,2 > "$OUT/sass.md"; cat "$OUT/sass.md" ;;
+  sass)   timeout "${SASS_S:-120}" python3 benchmarks/kernel_sass.py --bits 4,3,2 --two-four > "$OUT/sass.md"; cat "$OUT/sass.md" ;;
   ncu)
     NCU=${NCU:-$(command -v ncu || ls -d /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1)}
     timeout "${NCU_S:-200}" "$NCU" --target-processes all --profile-from-start off --set full --clock-control none \

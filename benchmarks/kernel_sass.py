@@ -33,7 +33,7 @@ from triton.compiler import ASTSource
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import intq_v2  # noqa: E402  (the frozen baseline beside this script)
 
-from harness.kernels import intq  # noqa: E402
+from harness.kernels import intq, sparse24_intq  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 CLASSES = {
@@ -130,6 +130,18 @@ def new_kernel(bits: int, n: int, k: int, group: int, config: tuple):
     return compile_kernel(intq._gemv_kernel, args, warps), per_iter, meta[4] * per_iter
 
 
+def two_four_kernel(bits: int, n: int, k: int, group: int, config: tuple):
+    """The 2:4 + integer GEMV; its weights a thread are dense ones (half of them kept)."""
+    grid, meta, warps = sparse24_intq.gemv_launch(config, bits, n, k, group, 1)
+    padded, slices, per_group = sparse24_intq.slicing(k, group)
+    pdt = "fp32" if bits == 8 else "fp16"
+    args = [ptr("bf16"), ptr("i32"), ptr("i32"), ptr(pdt), ptr(pdt), ptr("fp32" if meta[-1] else "bf16"), n, k, slices,
+            padded // (per_group * sparse24_intq.SLICE), k, intq.MANTISSA_ONE] + [("const", v) for v in meta]
+    bn, ts, _ = config
+    per_iter = bn * ts * sparse24_intq.SLICE / (32 * warps)
+    return compile_kernel(sparse24_intq._gemv_kernel, args, warps), per_iter, meta[3] * per_iter
+
+
 def old_kernel(bits: int, n: int, k: int, group: int, config: tuple):
     layout = intq_v2.Layout.of(bits, k, group)
     bn, tt, warps = config
@@ -193,6 +205,7 @@ def main(argv=None) -> None:
     parser.add_argument("--bits", default="4,3,2,8")
     parser.add_argument("--dump", default=None, help="write each kernel's SASS here")
     parser.add_argument("--gemm-tokens", type=int, default=0, help="also the tensor-core GEMM at this many tokens")
+    parser.add_argument("--two-four", action="store_true", help="also the 2:4 + integer GEMV (its 2, 4 and 8 bits)")
     args = parser.parse_args(argv)
     n, k = map(int, args.shape.split("x"))
     print(f"triton {triton.__version__}, sm_90, {n}x{k}, group {args.group}, batch 1")
@@ -208,6 +221,8 @@ def main(argv=None) -> None:
             m = args.gemm_tokens
             print(row(f"v2 GEMM M={m}", bits, config, *old_gemm(bits, n, k, args.group, config, m), args.dump), flush=True)
             print(row(f"v3 GEMM M={m}", bits, config, *new_gemm(bits, n, k, args.group, config, m), args.dump), flush=True)
+        for config in sparse24_intq.GEMV_CONFIGS if args.two_four and bits in sparse24_intq.SUPPORTED_BITS else []:
+            print(row("2:4", bits, config, *two_four_kernel(bits, n, k, args.group, config), args.dump), flush=True)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
   bf16      the dense baseline (cuBLAS)
   intq      our Triton kernels for 2/3/4/8-bit group-wise integer weights (RTN, GPTQ, AWQ, HQQ, int8)
   sparse24  2:4 semi-structured sparsity through torch's cuSPARSELt path
+  sparse24_intq  2:4 sparse weights whose kept half is 2/4/8-bit integers (SparseGPT 2:4 + bits), ours
   nf4       NF4 / FP4 through bitsandbytes
 
 `choose` picks the backend a compression needs, or says why none exists; `convert` swaps every
@@ -27,13 +28,14 @@ WEIGHT_ERROR_LIMIT = 1e-2
 
 def choose(compression: Compression, method: str, method_options: dict) -> tuple[ModuleType | None, str | None]:
     """(backend module, None) or (None, why no real kernel runs this compression)."""
-    from harness.kernels import bf16, intq, nf4, sparse24
+    from harness.kernels import bf16, intq, nf4, sparse24, sparse24_intq
 
     quant, pattern = compression.quant, compression.sparsity
     if pattern is not None and not (pattern.is_nm and (pattern.n, pattern.m) == (2, 4)):
         return None, f"sparsity_pattern={pattern.name}: only 2:4 sparsity has a GPU kernel (cuSPARSELt)"
     if pattern is not None and quant is not None:
-        return None, "2:4 sparse + quantized weights: no kernel for the combination yet"
+        reason = sparse24_intq.unsupported_reason(quant.bits, quant.group_size)
+        return (None, reason) if reason else (sparse24_intq, None)
     if pattern is not None:
         return sparse24, None
     if quant is None:

@@ -234,6 +234,9 @@ class PackedLinear(nn.Module):
         expand = lambda t: t[:, : math.ceil(self.in_features / g)].float().repeat_interleave(g, 1)[:, : self.in_features]
         return q * expand(self.scale) + expand(self.offset)
 
+    def tuning_key(self, m: int) -> tuple:
+        return (token_bucket(m), self.out_features, self.in_features, self.layout)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cuda":  # CPU: the same function through torch, for tests only (never timed)
             y = x @ self.dequantized().to(x.dtype).T
@@ -512,9 +515,14 @@ def _run(kind: str, config: tuple, x: torch.Tensor, layer: PackedLinear) -> torc
         out = _partial_or_out(split, m, n, x.device)
         _gemm_kernel[(*grid, split)](x, w, layer.scale, layer.offset, out, m, n, layer.in_features, *common, x.stride(0), FLOAT_2_23,
                                      bits, words, bm, bn, per_split, split > 1, num_warps=warps, num_stages=stages)
+    return sum_splits(out, split, m, n)
+
+
+def sum_splits(out: torch.Tensor, split: int, m: int, n: int) -> torch.Tensor:
+    """The bf16 [m, n] result: `out` itself, or the sum of its `split` float32 partial products."""
     if split == 1:
         return out
-    y = torch.empty(m, n, device=x.device, dtype=torch.bfloat16)
+    y = torch.empty(m, n, device=out.device, dtype=torch.bfloat16)
     _sum_splits_kernel[(triton.cdiv(m * n, 1024),)](out, y, m * n, split, 1024, num_warps=4)
     return y
 
@@ -530,12 +538,24 @@ def candidates(m: int) -> list[tuple[str, tuple]]:
     return [("gemm", c) for c in GEMM_LARGE] + [("dequant", ())]
 
 
-def _time_ms(choice: tuple[str, tuple], x: torch.Tensor, layer: PackedLinear) -> float:
+def _time_ms(run, choice: tuple[str, tuple]) -> float:
     """A candidate's median time; one whose tiles do not fit the GPU's shared memory is never picked."""
     try:
-        return triton.testing.do_bench(lambda: _run(*choice, x, layer), warmup=2, rep=10, return_mode="median")
+        return triton.testing.do_bench(lambda: run(*choice), warmup=2, rep=10, return_mode="median")
     except triton.runtime.errors.OutOfResources:
         return math.inf
+
+
+def tuned_call(key: tuple, options: list[tuple[str, tuple]], run) -> torch.Tensor:
+    """run(kind, config) with the fastest of `options` for `key` (timed on first eager use, then cached)."""
+    choice = _tuned.get(key)
+    if choice is None:
+        if torch.cuda.is_current_stream_capturing():
+            choice = options[0]  # cannot time inside a capture; callers warm up eagerly first
+        else:
+            choice = min(options, key=lambda c: _time_ms(run, c))
+            _tuned[key] = choice
+    return run(*choice)
 
 
 def matmul(x: torch.Tensor, layer: PackedLinear) -> torch.Tensor:
@@ -543,17 +563,9 @@ def matmul(x: torch.Tensor, layer: PackedLinear) -> torch.Tensor:
     if triton is None:
         raise RuntimeError("the integer kernels need the triton package")
     x = x.to(torch.bfloat16).contiguous()
-    key = (token_bucket(x.shape[0]), layer.out_features, layer.in_features, layer.layout)
-    choice = _tuned.get(key)
-    if choice is None:
-        options = candidates(x.shape[0])
-        if torch.cuda.is_current_stream_capturing():
-            choice = options[0]  # cannot time inside a capture; callers warm up eagerly first
-        else:
-            choice = min(options, key=lambda c: _time_ms(c, x, layer))
-            _tuned[key] = choice
-    return _run(*choice, x, layer)
+    return tuned_call(layer.tuning_key(x.shape[0]), candidates(x.shape[0]), lambda kind, config: _run(kind, config, x, layer))
 
 
-def tuned_choice(m: int, layer: PackedLinear) -> tuple[str, tuple] | None:
-    return _tuned.get((token_bucket(m), layer.out_features, layer.in_features, layer.layout))
+def tuned_choice(m: int, layer: nn.Module) -> tuple[str, tuple] | None:
+    """The launch tuned for m tokens on `layer` (a packed layer of this or another Triton backend), if any."""
+    return _tuned.get(layer.tuning_key(m)) if hasattr(layer, "tuning_key") else None

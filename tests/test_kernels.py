@@ -12,9 +12,10 @@ import torch
 
 from harness import compress, kernels, latency, models
 from harness.config import Compression, ConfigError
-from harness.kernels import intq
+from harness import data
+from harness.kernels import intq, sparse24_intq
 from harness.numerics.quant import QuantFormat, fake_quantize
-from harness.numerics.sparsity import SparsityPattern
+from harness.numerics.sparsity import SparsityPattern, nm_mask
 
 LAYOUTS = [(2, 32, 256), (3, 64, 192), (3, -1, 200), (4, 128, 512), (8, -1, 576), (8, 256, 512)]
 
@@ -69,7 +70,7 @@ def test_gptq_like_groups_that_miss_a_grid_end_still_fit():
 
 @pytest.mark.parametrize("compression,method,options,reason", [
     (Compression(None, SparsityPattern(0.5)), "magnitude", {}, "only 2:4"),
-    (Compression(QuantFormat(4, 64, False), SparsityPattern(0.5, 2, 4)), "sparsegpt", {}, "2:4 sparse + quantized"),
+    (Compression(QuantFormat(3, 64, False), SparsityPattern(0.5, 2, 4)), "sparsegpt", {}, "2:4 sparse + 3-bit"),
     (Compression(QuantFormat(5, 64, False), None), "rtn", {}, "5-bit"),
     (Compression(QuantFormat(4, 48, False), None), "gptq", {}, "multiple of 32"),
     (Compression(QuantFormat(3, 64, False), None), "hqq", {}, "axis=1"),
@@ -84,6 +85,71 @@ def test_backends_chosen():
     assert kernels.choose(Compression(None, SparsityPattern(0.5, 2, 4)), "wanda", {})[0].NAME == "cusparselt-2:4"
     assert kernels.choose(Compression(QuantFormat(4, 64, True), None), "bnb", {})[0].NAME == "bitsandbytes-4bit"
     assert kernels.choose(Compression(QuantFormat(3, -1, False), None), "hqq", {"axis": 1})[0] is intq
+    assert kernels.choose(Compression(QuantFormat(4, 128, False), SparsityPattern(0.5, 2, 4)), "sparsegpt", {})[0] is sparse24_intq
+
+
+def two_four_quantized(n: int, k: int, bits: int, group: int, symmetric: bool, seed: int) -> torch.Tensor:
+    """A SparseGPT-like weight: on a group grid with an integer zero, half of each block of 4 set to 0."""
+    w = torch.randn(n, k, generator=torch.Generator().manual_seed(seed))
+    return fake_quantize(w, QuantFormat(bits, group, symmetric)) * nm_mask(w.abs(), 2, 4)
+
+
+@pytest.mark.parametrize("bits,k", [(4, 256), (2, 100), (8, 64)])
+def test_two_four_packing_round_trips_exactly(bits, k):
+    gen = torch.Generator().manual_seed(k)
+    codes = torch.randint(0, 2**bits, (9, k), generator=gen)
+    codes[0] = 2**bits - 1  # every bit set: the sign bit of the int32 words
+    positions = torch.rand(9, k // 4, 4, generator=gen).argsort(-1)[..., :2].sort(-1).values
+    padded = -(-k // 32) * 32
+    qweight, index = sparse24_intq.pack(codes, positions, bits, padded)
+    assert qweight.shape == (9, bits // 2, padded // 32) and index.shape == (9, padded // 32)
+    assert (qweight.numel() + index.numel()) * 32 == 9 * padded * (bits + 2) // 2  # (bits + 2) bits a kept weight
+    kept, where = sparse24_intq.unpack(qweight, index, bits)
+    assert torch.equal(where[:, : k // 4], positions)
+    assert torch.equal(kept[:, : k // 4], codes.view(9, -1, 4).gather(-1, positions))
+
+
+@pytest.mark.parametrize("bits,group,k", [(4, 128, 512), (4, 32, 100), (2, 64, 192), (8, -1, 576)])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_two_four_packed_layer_is_the_compressed_layer(bits, group, k, symmetric):
+    if group != -1 and k % group:
+        group = -1
+    linear = torch.nn.Linear(k, 40)
+    linear.weight.data.copy_(two_four_quantized(40, k, bits, group, symmetric, seed=k))
+    linear.weight.data[0, :8] = 0  # blocks with fewer than two nonzeros
+    w = linear.weight.data
+    w[1, :3] = 0.0
+    w[1, 3] = w[1, 4:32][w[1, 4:32] != 0][0]  # one nonzero at the block's last position, a value of its group
+    layer, error = sparse24_intq.convert(linear, Compression(QuantFormat(bits, group, symmetric), SparsityPattern(0.5, 2, 4)), {})
+    assert error <= kernels.WEIGHT_ERROR_LIMIT
+    dense = layer.dequantized()
+    assert (dense - w).abs().max() <= 2**-10 * w.abs().max()
+    x = torch.randn(3, k)
+    assert torch.allclose(layer(x), linear(x), rtol=1e-3, atol=1e-3 * linear(x).abs().max().item())
+
+
+def test_two_four_kernel_refuses_what_it_cannot_store():
+    linear = torch.nn.Linear(64, 8)
+    with pytest.raises(ValueError, match="not 2:4 sparse"):
+        sparse24_intq.SparsePackedLinear(linear, 4, 32)
+    with pytest.raises(ValueError, match="3-bit"):
+        sparse24_intq.SparsePackedLinear(linear, 3, 32)
+
+
+@torch.no_grad()
+def test_sparsegpt_two_four_w4_model_runs_through_the_two_four_kernel():
+    from harness.methods.sparsegpt import SparseGPT
+
+    model = models.load_model(TINY, "cpu", torch.float32, 0)
+    compression = Compression(QuantFormat(4, 64, False), SparsityPattern(0.5, 2, 4))
+    windows = data.calibration_windows(models.byte_tokenizer(), "pydoc", n_samples=4, seqlen=64, seed=0)
+    SparseGPT().compress(model, compress.compressible_layers(model), compression, windows)
+    ids = torch.randint(model.config.vocab_size, (2, 32))
+    simulated = model(ids).logits
+    backend, _ = kernels.choose(compression, "sparsegpt", {})
+    kernels.convert(model, compress.compressible_layers(model), backend, compression, {})
+    assert sum(isinstance(m, sparse24_intq.SparsePackedLinear) for m in model.modules()) == 14
+    assert ((model(ids).logits - simulated).norm() / simulated.norm()).item() < 1e-3
 
 
 def test_latency_settings_checked_and_dropped_when_off():
@@ -130,7 +196,8 @@ def test_latency_unavailable_records_the_reason(method, compression, reason):
 
 INTERPRETED = """
 import torch
-from harness.kernels import intq
+from harness import data
+from harness.kernels import intq, sparse24_intq
 from harness.numerics.quant import QuantFormat, fake_quantize
 torch.manual_seed(0)
 for bits, group, symmetric, n, k, m, kind, config in CASES:
@@ -160,15 +227,42 @@ INTERPRETED_CASES = [
 ]
 
 
-def test_triton_kernels_in_the_cpu_interpreter():
+TWO_FOUR_INTERPRETED = """
+import torch
+from harness.kernels import sparse24_intq
+from harness.numerics.quant import QuantFormat, fake_quantize
+from harness.numerics.sparsity import nm_mask
+torch.manual_seed(0)
+for bits, group, symmetric, n, k, m, kind, config in CASES:
+    w = torch.randn(n, k)
+    linear = torch.nn.Linear(k, n, bias=False)
+    linear.weight.data.copy_(fake_quantize(w, QuantFormat(bits, group, symmetric)) * nm_mask(w.abs(), 2, 4))
+    layer = sparse24_intq.SparsePackedLinear(linear, bits, group)
+    x = torch.randn(m, k).bfloat16()
+    ref = x.float() @ layer.dequantized().T
+    out = sparse24_intq._run(kind, config, x, layer).float()
+    print(bits, group, kind, ((out - ref).norm() / ref.norm()).item())
+"""
+# (bits, group, symmetric, N, K, M, kind, config): 2/4/8 bits, groups 32/64/128 and per channel, N and K
+# whole blocks and not (K = 100, 72: padded slices), split-K (K = 4096), every GEMV configuration.
+TWO_FOUR_CASES = [
+    (4, 128, False, 64, 1024, 1, "gemv", (32, 32, 4)), (4, 32, True, 40, 256, 2, "gemv", (64, 16, 4)),
+    (4, -1, False, 17, 100, 1, "gemv", (32, 16, 2)), (2, 64, True, 33, 192, 3, "gemv", (16, 8, 1)),
+    (8, 128, False, 32, 4096, 1, "gemv", (32, 16, 2)), (4, 64, True, 50, 192, 1, "gemv", (16, 8, 1)), (4, -1, True, 20, 72, 2, "gemv", (16, 8, 1)),
+    (4, 128, False, 30, 256, 5, "dequant", ()), (2, -1, True, 9, 100, 2, "dequant", ()), (8, 32, False, 12, 64, 2, "dequant", ()),
+]
+
+
+@pytest.mark.parametrize("script,cases", [(INTERPRETED, INTERPRETED_CASES), (TWO_FOUR_INTERPRETED, TWO_FOUR_CASES)], ids=["intq", "2:4-intq"])
+def test_triton_kernels_in_the_cpu_interpreter(script, cases):
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1")
-    code = f"CASES = {INTERPRETED_CASES!r}\n" + INTERPRETED
+    code = f"CASES = {cases!r}\n" + script
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900,
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr[-3000:]
     errors = [float(line.split()[-1]) for line in proc.stdout.splitlines()]
-    assert len(errors) == len(INTERPRETED_CASES) and max(errors) < 1e-2, proc.stdout  # bf16 output rounding: ~3e-3
+    assert len(errors) == len(cases) and max(errors) < 1e-2, proc.stdout  # bf16 output rounding: ~3e-3
 
 
 def test_kernels_compile_for_hopper_without_int_to_float_in_the_gemv():
@@ -190,3 +284,10 @@ def test_kernels_compile_for_hopper_without_int_to_float_in_the_gemv():
         compile_kernel(intq._dequant_kernel, [ptr("i32"), ptr(pdt), ptr(pdt), ptr("bf16"), n, *common, intq.FLOAT_2_23]
                        + [("const", v) for v in (bits, layout.words, 32)], 4)
     compile_kernel(intq._sum_splits_kernel, [ptr("fp32"), ptr("bf16"), 1000, ("const", 4), ("const", 1024)], 4)
+    for bits, n, k, group, config in [(4, 14336, 4096, 128, (32, 32, 4)), (2, 300, 1000, -1, (16, 8, 1))]:
+        compiled = sass["two_four_kernel"](bits, n, k, group, config)[0]
+        opcodes = [text.split()[0] for _, text in sass["instructions"](sass["sass_of"](compiled)[0])]
+        assert opcodes and not [op for op in opcodes if op.startswith("I2F")], (bits, config)
+        padded, slices, per_group = sparse24_intq.slicing(k, group)
+        compile_kernel(sparse24_intq._dequant_kernel, [ptr("i32"), ptr("i32"), ptr("fp16"), ptr("fp16"), ptr("bf16"), n, slices,
+                                                       slices // per_group, per_group, ("const", bits), ("const", 32)], 4)

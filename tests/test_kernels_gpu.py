@@ -12,7 +12,7 @@ triton = pytest.importorskip("triton")
 
 from harness import kernels, latency, models
 from harness.config import Compression
-from harness.kernels import intq, nf4, sparse24
+from harness.kernels import intq, nf4, sparse24, sparse24_intq
 from harness.numerics.quant import QuantFormat, fake_quantize
 from harness.numerics.sparsity import nm_mask
 
@@ -58,6 +58,27 @@ def test_intq_tuned_path(bits, group, symmetric, n, k, m):
     layer = packed(bits, group, symmetric, n, k)
     x = torch.randn(m, 2 * k, device="cuda", dtype=torch.bfloat16)[:, :k]  # rows strided, as a slice of a wider tensor
     check(layer(x), x, layer.dequantized(), layer.bias)
+
+
+@torch.no_grad()
+def two_four_packed(bits, group, symmetric, n, k):
+    w = torch.randn(n, k, device="cuda") / k**0.5
+    linear = torch.nn.Linear(k, n, bias=True, device="cuda", dtype=torch.bfloat16)
+    linear.weight.copy_(fake_quantize(w, QuantFormat(bits, group, symmetric)) * nm_mask(w.abs(), 2, 4))
+    return sparse24_intq.SparsePackedLinear(linear, bits, group)
+
+
+@pytest.mark.parametrize("bits,group,symmetric,n,k", [(4, 128, False, 300, 512), (2, -1, True, 77, 1000), (8, 64, False, 130, 576),
+                                                      (4, 128, True, 4096, 14336)])
+@pytest.mark.parametrize("m", [1, 3, 16, 300])
+@torch.no_grad()
+def test_every_two_four_intq_configuration_and_the_tuned_path(bits, group, symmetric, n, k, m):
+    layer = two_four_packed(bits, group, symmetric, n, k)
+    weight = layer.dequantized()
+    x = torch.randn(m, 2 * k, device="cuda", dtype=torch.bfloat16)[:, :k]  # rows strided, as a slice of a wider tensor
+    for kind, config in sparse24_intq.candidates(m):
+        check(sparse24_intq._run(kind, config, x.contiguous(), layer), x, weight)
+    check(layer(x), x, weight, layer.bias)
 
 
 @pytest.mark.parametrize("m", [1, 16, 100])

@@ -1,0 +1,290 @@
+"""2:4 sparse weights whose kept values are 2, 4 or 8-bit group-wise integers (SparseGPT 2:4 with
+bits < 16: pruned and quantized in one sweep), run by our own Triton kernels. Only the kept half is
+stored: at 4 bits that is 3 bits a weight (4 of code and 2 of position per kept weight), against
+`intq`'s 4 for the same matrix stored dense.
+
+Packing format (version `KERNEL_VERSION`)
+-----------------------------------------
+W [N out, K in] has at most 2 nonzeros in each block of 4 input columns 4i .. 4i+3; its kept values
+are on a group-wise grid W[n, k] = q * s + b (s, b per row and group of `group_size` columns, float16,
+float32 at 8 bits; exactly `intq`'s grid, fitted by `intq.fit_grid` on the dense matrix: a pruned 0
+lies on an integer-zero grid). K is zero-padded to whole slices of 32 columns (8 blocks); a slice lies
+inside one group. Each block keeps exactly two positions p0 < p1 (its nonzeros, topped up with its
+lowest zero positions), so p0 is in {0, 1, 2} and p1 in {1, 2, 3}; slot 2b + r of a slice is kept
+value r of block b (16 slots a slice).
+  * `qweight` [N, P/2, S] int32 (P bits, S slices): word c of slice t holds the codes of slots
+    c * F .. c * F + F - 1 (F = 32 / P), slot c * F + f at bits f * P .. f * P + P - 1.
+  * `index` [N, S] int32: bits 2j, 2j + 1 of the word of slice t are slot j's position in its block.
+Plane-major order: a warp's loads of one word index over consecutive slices are contiguous.
+
+Kernels
+-------
+  * decode (M <= 16 tokens): a split-K GEMV on CUDA cores, each thread holding a few rows of the same
+    slices, so that the 32 x values of a slice, loaded once, serve all of them. A kept code becomes the
+    float 2^P + q through its bits (shifted to mantissa bits 23-P .. 22 and OR-ed with the exponent of
+    2^P: one shift and one LOP3, as in `intq`); its x is picked from its block's four by the two
+    position bits (two selects: p0 picks among x0, x1, x2 and p1 among x1, x2, x3). With
+    qx = sum (2^P + q) x and xs = sum x over the kept slots, a row's group adds s (qx - 2^P xs) + b xs.
+  * more tokens: the layer is dequantized into a dense bf16 scratch buffer (zeros included) and
+    multiplied by cuBLAS. Between 5 and 16 tokens both are timed and the faster is kept.
+Split-K sums, launch tuning and the token buckets are `intq`'s.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from harness.kernels import intq
+from harness.kernels.intq import triton
+
+if triton is not None:
+    import triton.language as tl
+
+NAME = "triton-2:4-intq"
+KERNEL_VERSION = "1"
+SUPPORTED_BITS = (2, 4, 8)
+SLICE = 32  # columns a slice: 8 blocks of 4, 16 kept slots
+
+
+def unsupported_reason(bits: int, group_size: int) -> str | None:
+    if bits not in SUPPORTED_BITS:
+        return f"2:4 sparse + {bits}-bit weights: the 2:4 integer kernel packs {', '.join(map(str, SUPPORTED_BITS))} bits"
+    return intq.unsupported_reason(bits, group_size)
+
+
+def kept_positions(weight: torch.Tensor) -> torch.Tensor:
+    """[N, K/4, 2] int64: each block's two kept positions, ascending (its nonzeros, then its lowest zeros)."""
+    blocks = weight.reshape(weight.shape[0], -1, 4)
+    if bool((blocks != 0).sum(-1).gt(2).any()):
+        raise ValueError("the weight is not 2:4 sparse (more than 2 nonzeros in a block of 4 input columns)")
+    rank = (blocks != 0).to(torch.int64) * 4 + (3 - torch.arange(4, device=weight.device))
+    return rank.topk(2, dim=-1).indices.sort(-1).values
+
+
+def pack(codes: torch.Tensor, positions: torch.Tensor, bits: int, padded_in: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense codes [N, K] and kept positions [N, K/4, 2] -> (`qweight`, `index`) of the format above."""
+    rows, blocks = positions.shape[:2]
+    slots = torch.zeros(rows, padded_in // 4, 2, dtype=torch.int64, device=codes.device)
+    slots[:, :blocks] = codes.to(torch.int64).reshape(rows, blocks, 4).gather(-1, positions)
+    where = torch.tensor([0, 1], device=codes.device).expand(rows, padded_in // 4, 2).clone()  # padding: p = 0, 1
+    where[:, :blocks] = positions
+    s = padded_in // SLICE
+    slots, where = slots.reshape(rows, s, 16), where.reshape(rows, s, 16)
+    fields = 32 // bits
+    words = (slots.reshape(rows, s, bits // 2, fields) << (torch.arange(fields, device=codes.device) * bits)).sum(-1)
+    index = (where << (2 * torch.arange(16, device=codes.device))).sum(-1)
+    as_int32 = lambda w: torch.where(w >= 2**31, w - 2**32, w).to(torch.int32)  # two's complement
+    return as_int32(words.transpose(1, 2).contiguous()), as_int32(index)
+
+
+def unpack(qweight: torch.Tensor, index: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of pack: (kept codes [N, Kpad/4, 2], positions [N, Kpad/4, 2]), both int64."""
+    rows, words, s = qweight.shape
+    fields = 32 // bits
+    w = qweight.to(torch.int64).transpose(1, 2) & (2**32 - 1)
+    codes = (w[..., None] >> (torch.arange(fields, device=w.device) * bits)) & (2**bits - 1)
+    where = ((index.to(torch.int64) & (2**32 - 1))[..., None] >> (2 * torch.arange(16, device=w.device))) & 3
+    return codes.reshape(rows, s * 8, 2), where.reshape(rows, s * 8, 2)
+
+
+def slicing(in_features: int, group_size: int) -> tuple[int, int, int]:
+    """(padded K, slices, slices a group) of the format."""
+    padded = math.ceil(in_features / SLICE) * SLICE
+    return padded, padded // SLICE, padded // SLICE if group_size == -1 else group_size // SLICE
+
+
+class SparsePackedLinear(nn.Module):
+    """y = x W^T (+ bias) with W 2:4 sparse and quantized, only its kept half resident, packed as above."""
+
+    def __init__(self, linear: nn.Linear, bits: int, group_size: int):
+        super().__init__()
+        reason = unsupported_reason(bits, group_size)
+        if reason:
+            raise ValueError(reason)
+        weight = linear.weight.detach()
+        self.out_features, self.in_features = weight.shape
+        if self.in_features % 4:
+            raise ValueError(f"in_features={self.in_features} is not a multiple of 4: no 2:4 blocks")
+        self.layout = intq.Layout.of(bits, self.in_features, group_size)
+        self.bits = bits
+        self.padded_in, self.slices, self.slices_per_group = slicing(self.in_features, group_size)
+        positions = kept_positions(weight)
+        codes, scale, offset, _ = intq.fit_grid(weight, self.layout)
+        qweight, index = pack(codes, positions, bits, self.padded_in)
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("index", index)
+        self.register_buffer("scale", scale.to(self.layout.param_dtype).contiguous())
+        self.register_buffer("offset", offset.to(self.layout.param_dtype).contiguous())
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+
+    @property
+    def groups(self) -> int:
+        return self.scale.shape[1]
+
+    def dequantized(self) -> torch.Tensor:
+        """W as float32 [N, K] from the packed form (the reference the kernels are checked against)."""
+        codes, where = unpack(self.qweight, self.index, self.bits)
+        group = self.padded_in if self.layout.group_size == -1 else self.layout.group_size
+        column = torch.arange(self.padded_in, device=codes.device).view(-1, 4)[None].expand(codes.shape[0], -1, -1)
+        g = column.gather(-1, where) // group
+        value = codes * self.scale.float().gather(1, g.flatten(1)).view_as(g) + self.offset.float().gather(1, g.flatten(1)).view_as(g)
+        dense = torch.zeros(codes.shape[0], self.padded_in // 4, 4, device=codes.device).scatter(-1, where, value)
+        return dense.view(codes.shape[0], -1)[:, : self.in_features]
+
+    def tuning_key(self, m: int) -> tuple:
+        return (intq.token_bucket(m), NAME, self.out_features, self.in_features, self.layout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cuda":  # CPU: the same function through torch, for tests only (never timed)
+            y = x @ self.dequantized().to(x.dtype).T
+        else:
+            rows = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
+            y = intq.tuned_call(self.tuning_key(rows.shape[0]), candidates(rows.shape[0]), lambda kind, config: _run(kind, config, rows, self))
+            y = y.view(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias
+
+
+def convert(linear: nn.Linear, compression, method_options: dict) -> tuple[SparsePackedLinear, float]:
+    layer = SparsePackedLinear(linear, compression.quant.bits, compression.quant.group_size)
+    weight = linear.weight.detach().float()
+    return layer, ((layer.dequantized() - weight).norm() / weight.norm().clamp(min=1e-30)).item()
+
+
+# ---------------------------------------------------------------- Triton kernels
+
+if triton is not None:
+
+    @triton.jit
+    def _gemv_kernel(x_ptr, q_ptr, i_ptr, s_ptr, b_ptr, out_ptr, N, K, S, n_groups, stride_xm, one,
+                     P: tl.constexpr, BN: tl.constexpr, TS: tl.constexpr, ITERS: tl.constexpr, EVEN: tl.constexpr,
+                     MASK_K: tl.constexpr, SPG: tl.constexpr, ONE_GROUP: tl.constexpr, PARTIAL: tl.constexpr):
+        """y[m, rows] for BN rows over ITERS chunks of TS slices (this program's split of K).
+
+        Every tensor is [TS slices, BN rows], x, s and b included (their pointers broadcast over the
+        rows), as in `intq`'s GEMV: lanes over consecutive slices, rows over warps and repeats, so a
+        thread's loads of one x value serve every row it holds. Rows past N and slices past S read row
+        N-1 and slice S-1, and their s and b are zeroed; x past K is masked when K is not whole slices.
+        SPG (slices a group) is compile-time: a division by a run-time value costs a float reciprocal."""
+        pid_n, split, m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        F: tl.constexpr = 32 // P  # slots a word
+        HI: tl.constexpr = 23 - P  # a code at mantissa bits HI .. 22 under the exponent of 2^P reads 2^P + q
+        rows = (pid_n * BN + tl.arange(0, BN))[None, :]
+        rows_in = rows if EVEN else tl.minimum(rows, N - 1)
+        x_row = x_ptr + m * stride_xm
+        acc = tl.zeros([TS, BN], tl.float32)
+        for it in range(ITERS):
+            t = ((split * ITERS + it) * TS + tl.arange(0, TS))[:, None]
+            t_in = t if EVEN else tl.minimum(t, S - 1)
+            col0 = t_in * 32 + rows * 0  # the slice's first column, broadcast over the rows
+            where = tl.load(i_ptr + rows_in * S + t_in)
+            qx = tl.zeros([TS, BN], tl.float32)
+            xs = tl.zeros([TS, BN], tl.float32)
+            for blk in tl.static_range(8):
+                x0 = _x_at(x_row, col0 + 4 * blk, K, MASK_K)
+                x1 = _x_at(x_row, col0 + 4 * blk + 1, K, MASK_K)
+                x2 = _x_at(x_row, col0 + 4 * blk + 2, K, MASK_K)
+                x3 = _x_at(x_row, col0 + 4 * blk + 3, K, MASK_K)
+                for r in tl.static_range(2):
+                    j = 2 * blk + r  # compile-time, as blk and r
+                    word = tl.load(q_ptr + (rows_in * (P // 2) + j // F) * S + t_in)
+                    shift = HI - (j % F) * P
+                    shifted = word << shift if shift >= 0 else word >> -shift
+                    v = ((shifted & (((1 << P) - 1) << HI)) | (one + (P << 23))).to(tl.float32, bitcast=True)
+                    bit0 = (where & (1 << (2 * j))) != 0
+                    if 2 * j + 1 == 31:  # the sign bit (1 << 31 is not an int32 constant)
+                        bit1 = where < 0
+                    else:
+                        bit1 = (where & (1 << (2 * j + 1))) != 0
+                    if r == 0:  # p0 in {0, 1, 2}
+                        xv = tl.where(bit1, x2, tl.where(bit0, x1, x0))
+                    else:  # p1 in {1, 2, 3}
+                        xv = tl.where(bit1, tl.where(bit0, x3, x2), x1)
+                    qx += v * xv
+                    xs += xv
+            gi = rows_in * n_groups + (t_in * 0 if ONE_GROUP else t_in // SPG)
+            s = tl.load(s_ptr + gi).to(tl.float32)
+            b = tl.load(b_ptr + gi).to(tl.float32)
+            if not EVEN:  # slices past S (the last split's overrun) add nothing
+                s = tl.where(t < S, s, 0.0)
+                b = tl.where(t < S, b, 0.0)
+            acc += s * (qx - (1 << P) * xs) + b * xs
+        y = tl.sum(acc, axis=0)
+        rows1 = pid_n * BN + tl.arange(0, BN)
+        if PARTIAL:
+            tl.store(out_ptr + (split * tl.num_programs(2) + m) * N + rows1, y, mask=rows1 < N)
+        else:
+            tl.store(out_ptr + m * N + rows1, y.to(tl.bfloat16), mask=rows1 < N)
+
+    @triton.jit
+    def _x_at(x_row, col, K, MASK_K: tl.constexpr):
+        if MASK_K:
+            return tl.load(x_row + col, mask=col < K, other=0.0).to(tl.float32)
+        return tl.load(x_row + col).to(tl.float32)
+
+    @triton.jit
+    def _dequant_kernel(q_ptr, i_ptr, s_ptr, b_ptr, out_ptr, N, S, n_groups, slices_per_group,
+                        P: tl.constexpr, BN: tl.constexpr):
+        """Slice t of BN rows as dense bf16 [BN, 32], zeros at the pruned positions."""
+        F: tl.constexpr = 32 // P
+        rows = tl.program_id(0) * BN + tl.arange(0, BN)
+        row_mask = rows < N
+        rows_in = tl.where(row_mask, rows, 0)
+        t = tl.program_id(1)
+        c = tl.arange(0, P // 2)
+        words = tl.load(q_ptr + (rows_in[:, None] * (P // 2) + c[None, :]) * S + t)  # [BN, P/2]
+        codes = (words[:, :, None] >> (tl.arange(0, F) * P)[None, None, :]) & ((1 << P) - 1)
+        codes = tl.reshape(codes, [BN, 8, 2])
+        where = tl.load(i_ptr + rows_in * S + t)
+        pos = tl.reshape((where[:, None] >> (2 * tl.arange(0, 16))[None, :]) & 3, [BN, 8, 2])
+        g = rows_in * n_groups + t // slices_per_group
+        s = tl.load(s_ptr + g).to(tl.float32)[:, None, None]
+        b = tl.load(b_ptr + g).to(tl.float32)[:, None, None]
+        value = codes.to(tl.float32) * s + b
+        j = tl.arange(0, 4)[None, None, None, :]
+        dense = tl.sum(tl.where(pos[:, :, :, None] == j, value[:, :, :, None], 0.0), axis=2)  # [BN, 8, 4]
+        k = t * 32 + tl.arange(0, 32)
+        tl.store(out_ptr + rows[:, None] * (S * 32) + k[None, :], tl.reshape(dense, [BN, 32]).to(tl.bfloat16), mask=row_mask[:, None])
+
+
+# ---------------------------------------------------------------- launching
+
+# (BN, TS, num_warps): a warp spans min(TS, 32) slices and 32 / TS rows, so a thread holds
+# BN * TS / (32 * num_warps) rows, each x value it loads serving all of them
+GEMV_CONFIGS = [(32, 32, 4), (64, 16, 4), (32, 16, 2), (16, 8, 1)]
+
+
+def gemv_launch(config: tuple, bits: int, n: int, in_features: int, group_size: int, m: int) -> tuple[tuple, tuple, int]:
+    """Grid, compile-time arguments (P, BN, TS, ITERS, EVEN, MASK_K, SPG, ONE_GROUP, PARTIAL) and warps."""
+    bn, ts, warps = config
+    padded, slices, per_group = slicing(in_features, group_size)
+    grid_n = triton.cdiv(n, bn)
+    chunks = triton.cdiv(slices, ts)
+    split = intq._splits(grid_n, chunks, intq.GEMV_PROGRAMS, least=1)
+    iters = triton.cdiv(chunks, split)
+    split = triton.cdiv(chunks, iters)
+    even = n % bn == 0 and slices == split * iters * ts
+    return (grid_n, split, m), (bits, bn, ts, iters, even, padded != in_features, per_group, per_group == slices, split > 1), warps
+
+
+def _run(kind: str, config: tuple, x: torch.Tensor, layer: SparsePackedLinear) -> torch.Tensor:
+    m, n = x.shape[0], layer.out_features
+    if kind == "dequant":
+        dense = torch.empty(n, layer.padded_in, device=x.device, dtype=torch.bfloat16)
+        bn = 32
+        _dequant_kernel[(triton.cdiv(n, bn), layer.slices)](layer.qweight, layer.index, layer.scale, layer.offset, dense,
+                                                             n, layer.slices, layer.groups, layer.slices_per_group, layer.bits, bn, num_warps=4)
+        return x @ dense[:, : layer.in_features].T
+    grid, meta, warps = gemv_launch(config, layer.bits, n, layer.in_features, layer.layout.group_size, m)
+    out = intq._partial_or_out(grid[1], m, n, x.device)
+    _gemv_kernel[grid](x, layer.qweight, layer.index, layer.scale, layer.offset, out, n, layer.in_features, layer.slices,
+                       layer.groups, x.stride(0), intq.MANTISSA_ONE, *meta, num_warps=warps)
+    return intq.sum_splits(out, grid[1], m, n)
+
+
+def candidates(m: int) -> list[tuple[str, tuple]]:
+    gemv = [("gemv", c) for c in GEMV_CONFIGS]
+    if m <= 4:
+        return gemv
+    return (gemv if m <= intq.GEMV_MAX_TOKENS else []) + [("dequant", ())]
