@@ -166,8 +166,8 @@ def fit_grid(weight: torch.Tensor, layout: Layout) -> tuple[torch.Tensor, torch.
     smallest gap between distinct values (exact when a group does not reach both ends of its grid, as
     after GPTQ); codes and a least-squares s and b are refitted alternately, and each group keeps the
     estimate with the smaller max error. Also returns ||W - (q s + b)|| / ||W||: about 1e-3 when W is
-    on such a grid (bf16 rounding of the stored values), a few 1e-2 and more when it is not (a method
-    whose weights are not group-wise uniform, e.g. AWQ's folded per-column scales)."""
+    on such a grid (bf16 rounding of the stored values), a few 1e-2 and more when it is not (weights
+    that were never quantized, or scaled per column after quantization)."""
     maxq = 2**layout.bits - 1
     w = weight.float().reshape(weight.shape[0], -1, layout.group_len if layout.group_size != -1 else weight.shape[1])
     lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
