@@ -42,6 +42,8 @@ from harness.kernels.intq import triton
 if triton is not None:
     import triton.language as tl
 
+    from harness.kernels.intq import _x_field
+
 NAME = "triton-2:4-intq"
 KERNEL_VERSION = "1"
 SUPPORTED_BITS = (2, 4, 8)
@@ -182,10 +184,10 @@ if triton is not None:
             qx = tl.zeros([TS, BN], tl.float32)
             xs = tl.zeros([TS, BN], tl.float32)
             for blk in tl.static_range(8):
-                x0 = _x_at(x_row, col0 + 4 * blk, K, MASK_K)
-                x1 = _x_at(x_row, col0 + 4 * blk + 1, K, MASK_K)
-                x2 = _x_at(x_row, col0 + 4 * blk + 2, K, MASK_K)
-                x3 = _x_at(x_row, col0 + 4 * blk + 3, K, MASK_K)
+                x0 = _x_field(x_row, col0 + 4 * blk, 0, K, 1, MASK_K)
+                x1 = _x_field(x_row, col0 + 4 * blk, 1, K, 1, MASK_K)
+                x2 = _x_field(x_row, col0 + 4 * blk, 2, K, 1, MASK_K)
+                x3 = _x_field(x_row, col0 + 4 * blk, 3, K, 1, MASK_K)
                 for r in tl.static_range(2):
                     j = 2 * blk + r  # compile-time, as blk and r
                     word = tl.load(q_ptr + (rows_in * (P // 2) + j // F) * S + t_in)
@@ -216,12 +218,6 @@ if triton is not None:
             tl.store(out_ptr + (split * tl.num_programs(2) + m) * N + rows1, y, mask=rows1 < N)
         else:
             tl.store(out_ptr + m * N + rows1, y.to(tl.bfloat16), mask=rows1 < N)
-
-    @triton.jit
-    def _x_at(x_row, col, K, MASK_K: tl.constexpr):
-        if MASK_K:
-            return tl.load(x_row + col, mask=col < K, other=0.0).to(tl.float32)
-        return tl.load(x_row + col).to(tl.float32)
 
     @triton.jit
     def _dequant_kernel(q_ptr, i_ptr, s_ptr, b_ptr, out_ptr, N, S, n_groups, slices_per_group,

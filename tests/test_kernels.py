@@ -201,24 +201,30 @@ def test_latency_unavailable_records_the_reason(method, compression, reason):
 
 INTERPRETED = """
 import torch
-from harness import data
 from harness.kernels import intq, sparse24_intq
 from harness.numerics.quant import QuantFormat, fake_quantize
+from harness.numerics.sparsity import nm_mask
 torch.manual_seed(0)
+backend = sparse24_intq if TWO_FOUR else intq
 for bits, group, symmetric, n, k, m, kind, config in CASES:
+    w = torch.randn(n, k)
     linear = torch.nn.Linear(k, n, bias=False)
-    linear.weight.data.copy_(fake_quantize(linear.weight.data, QuantFormat(bits, group, symmetric)))
-    layer = intq.PackedLinear.from_linear(linear, bits, group)[0]
+    if TWO_FOUR:
+        linear.weight.data.copy_(fake_quantize(w, QuantFormat(bits, group, symmetric)) * nm_mask(w.abs(), 2, 4))
+        layer = sparse24_intq.SparsePackedLinear(linear, bits, group)
+    else:
+        linear.weight.data.copy_(fake_quantize(w, QuantFormat(bits, group, symmetric)))
+        layer = intq.PackedLinear.from_linear(linear, bits, group)[0]
     x = torch.randn(m, k).bfloat16()
     ref = x.float() @ layer.dequantized().T
-    out = intq._run(kind, config, x, layer).float()
+    out = backend._run(kind, config, x, layer).float()
     print(bits, group, kind, ((out - ref).norm() / ref.norm()).item())
 """
-# (bits, group, symmetric, N, K, M, kind, config): every width, symmetric and not, groups 32/64/128/256 and
-# per channel; N and K multiples of the blocks (the unmasked GEMV) and not; several launch configurations,
-# split-K (K=2048) included. The GEMM is left to the GPU tests: the interpreter's bf16 tl.dot returns
-# garbage (1e11) in Triton 3.6 and 3.9 alike.
-INTERPRETED_CASES = [
+# (bits, group, symmetric, N, K, M, kind, config). intq: every width, symmetric and not, groups
+# 32/64/128/256 and per channel; N and K multiples of the blocks (the unmasked GEMV) and not; several
+# launch configurations, split-K (K=2048) included. The GEMM is left to the GPU tests: the interpreter's
+# bf16 tl.dot returns garbage (1e11) in Triton 3.6 and 3.9 alike.
+INTQ_CASES = [
     (4, 128, False, 40, 256, 1, "gemv", (16, 32, 4)), (4, 128, True, 64, 1024, 1, "gemv", (32, 16, 4)),
     (4, 32, False, 32, 2048, 2, "gemv", (16, 8, 2)), (3, 64, False, 24, 192, 3, "gemv", (16, 16, 2)),
     (3, 128, True, 33, 384, 1, "gemv", (32, 8, 2)), (3, -1, False, 17, 200, 2, "gemv", (16, 32, 4)),
@@ -230,39 +236,22 @@ INTERPRETED_CASES = [
     (3, 32, False, 30, 128, 9, "dequant", ()), (3, -1, True, 9, 100, 3, "dequant", ()),
     (2, 64, False, 17, 320, 2, "dequant", ()), (8, 128, True, 12, 256, 2, "dequant", ()),
 ]
-
-
-TWO_FOUR_INTERPRETED = """
-import torch
-from harness.kernels import sparse24_intq
-from harness.numerics.quant import QuantFormat, fake_quantize
-from harness.numerics.sparsity import nm_mask
-torch.manual_seed(0)
-for bits, group, symmetric, n, k, m, kind, config in CASES:
-    w = torch.randn(n, k)
-    linear = torch.nn.Linear(k, n, bias=False)
-    linear.weight.data.copy_(fake_quantize(w, QuantFormat(bits, group, symmetric)) * nm_mask(w.abs(), 2, 4))
-    layer = sparse24_intq.SparsePackedLinear(linear, bits, group)
-    x = torch.randn(m, k).bfloat16()
-    ref = x.float() @ layer.dequantized().T
-    out = sparse24_intq._run(kind, config, x, layer).float()
-    print(bits, group, kind, ((out - ref).norm() / ref.norm()).item())
-"""
-# (bits, group, symmetric, N, K, M, kind, config): 2/4/8 bits, groups 32/64/128 and per channel, N and K
-# whole blocks and not (K = 100, 72: padded slices), split-K (K = 4096), every GEMV configuration.
+# 2:4 + integer: 2/4/8 bits, groups 32/64/128 and per channel, N and K whole blocks and not (K = 100,
+# 72: padded slices), split-K (K = 4096), every GEMV configuration.
 TWO_FOUR_CASES = [
     (4, 128, False, 64, 1024, 1, "gemv", (32, 32, 4)), (4, 32, True, 40, 256, 2, "gemv", (64, 16, 4)),
     (4, -1, False, 17, 100, 1, "gemv", (32, 16, 2)), (2, 64, True, 33, 192, 3, "gemv", (16, 8, 1)),
-    (8, 128, False, 32, 4096, 1, "gemv", (32, 16, 2)), (4, 64, True, 50, 192, 1, "gemv", (16, 8, 1)), (4, -1, True, 20, 72, 2, "gemv", (16, 8, 1)),
+    (8, 128, False, 32, 4096, 1, "gemv", (32, 16, 2)), (4, 64, True, 50, 192, 1, "gemv", (16, 8, 1)),
+    (4, -1, True, 20, 72, 2, "gemv", (16, 8, 1)),
     (4, 128, False, 30, 256, 5, "dequant", ()), (2, -1, True, 9, 100, 2, "dequant", ()), (8, 32, False, 12, 64, 2, "dequant", ()),
 ]
 
 
-@pytest.mark.parametrize("script,cases", [(INTERPRETED, INTERPRETED_CASES), (TWO_FOUR_INTERPRETED, TWO_FOUR_CASES)], ids=["intq", "2:4-intq"])
-def test_triton_kernels_in_the_cpu_interpreter(script, cases):
+@pytest.mark.parametrize("two_four,cases", [(False, INTQ_CASES), (True, TWO_FOUR_CASES)], ids=["intq", "2:4-intq"])
+def test_triton_kernels_in_the_cpu_interpreter(two_four, cases):
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1")
-    code = f"CASES = {cases!r}\n" + script
+    code = f"CASES = {cases!r}\nTWO_FOUR = {two_four}\n" + INTERPRETED
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900,
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr[-3000:]
