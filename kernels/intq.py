@@ -331,11 +331,16 @@ if triton is not None:
                 b = tl.where(t < T, b, 0.0)
             acc += s * (qx - ys) + b * xs
         y = tl.sum(tl.sum(acc, axis=2), axis=0)
-        rows1 = pid_n * BN + tl.arange(0, BN)
+        _store_rows(out_ptr, y, pid_n, split, m, N, BN, PARTIAL)
+
+    @triton.jit
+    def _store_rows(out_ptr, y, pid_n, split, m, N, BN: tl.constexpr, PARTIAL: tl.constexpr):
+        """A GEMV program's BN outputs of token m: float32 partials of its split, or the bf16 result."""
+        rows = pid_n * BN + tl.arange(0, BN)
         if PARTIAL:
-            tl.store(out_ptr + (split * tl.num_programs(2) + m) * N + rows1, y, mask=rows1 < N)
+            tl.store(out_ptr + (split * tl.num_programs(2) + m) * N + rows, y, mask=rows < N)
         else:
-            tl.store(out_ptr + m * N + rows1, y.to(tl.bfloat16), mask=rows1 < N)
+            tl.store(out_ptr + m * N + rows, y.to(tl.bfloat16), mask=rows < N)
 
     @triton.jit
     def _x_field(x_row, k0, j, K, WORDS: tl.constexpr, MASK_K: tl.constexpr):

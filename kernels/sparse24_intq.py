@@ -42,7 +42,7 @@ from harness.kernels.intq import triton
 if triton is not None:
     import triton.language as tl
 
-    from harness.kernels.intq import _x_field
+    from harness.kernels.intq import _store_rows, _x_field
 
 NAME = "triton-2:4-intq"
 KERNEL_VERSION = "1"
@@ -213,11 +213,7 @@ if triton is not None:
                 b = tl.where(t < S, b, 0.0)
             acc += s * (qx - (1 << P) * xs) + b * xs
         y = tl.sum(acc, axis=0)
-        rows1 = pid_n * BN + tl.arange(0, BN)
-        if PARTIAL:
-            tl.store(out_ptr + (split * tl.num_programs(2) + m) * N + rows1, y, mask=rows1 < N)
-        else:
-            tl.store(out_ptr + m * N + rows1, y.to(tl.bfloat16), mask=rows1 < N)
+        _store_rows(out_ptr, y, pid_n, split, m, N, BN, PARTIAL)
 
     @triton.jit
     def _dequant_kernel(q_ptr, i_ptr, s_ptr, b_ptr, out_ptr, N, S, n_groups, slices_per_group,
