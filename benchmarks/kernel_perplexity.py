@@ -12,7 +12,7 @@ import sys
 
 from hydra import compose, initialize_config_module
 
-from harness import compress, kernels, models
+from harness import compress, data, kernels, models
 from harness.run import resolve
 from harness.tasks import build as build_task
 
@@ -20,6 +20,8 @@ SETTINGS = {
     "rtn w4g64": ["method=rtn", "bits=4", "group_size=64"],
     "rtn w3g64": ["method=rtn", "bits=3", "group_size=64"],
     "magnitude 2:4": ["method=magnitude", "sparsity_pattern=2:4"],
+    "sparsegpt 2:4 + w4g64": ["method=sparsegpt", "sparsity_pattern=2:4", "bits=4", "group_size=64", "calib.n_samples=32"],
+    "gptq w4g64": ["method=gptq", "bits=4", "group_size=64", "calib.n_samples=32"],
 }
 
 
@@ -28,9 +30,14 @@ def perplexity_pair(overrides: list[str]) -> tuple[float, float, str]:
         cfg = compose("config", overrides=["device=cuda", "tasks=[pydoc]", "max_eval_tokens=1000000", *overrides])
     exp, method, specs = resolve(cfg)
     task = build_task("pydoc", specs["pydoc"])
-    task.prepare(models.load_tokenizer(exp.config["model"]))
+    tokenizer = models.load_tokenizer(exp.config["model"])
+    task.prepare(tokenizer)
+    calibration = None
+    if method.needs_calibration:  # as harness.run does it
+        calib = exp.config["calib"]
+        calibration = data.sample_windows(tokenizer, **calib, data_path=exp.config["data_paths"].get(calib["dataset"]))[0]
     model = models.load_model(exp.config["model"], exp.device, exp.dtype, exp.config["seed"])
-    compress.compress(model, method, exp.compression, None, exp.device)
+    compress.compress(model, method, exp.compression, calibration, exp.device)
     simulated = task.evaluate(model)[0]["pydoc/ppl"]
     options = {k: v for k, v in exp.config["method"].items() if k != "name"}
     backend, reason = kernels.choose(exp.compression, exp.config["method"]["name"], options)
