@@ -48,7 +48,8 @@ def ptr(dtype: str) -> tuple[str, str]:
 
 def compile_kernel(fn, args: list, num_warps: int, num_stages: int = 3):
     """Compile `fn` for sm_90 with `args` in its argument order: ("ptr", "*type"), a run-time int (its value
-    decides the launcher's specialization) or ("const", value) for a tl.constexpr."""
+    decides the launcher's specialization), ("unspecialized", value) for one in the kernel's
+    do_not_specialize, or ("const", value) for a tl.constexpr."""
     signature, constexprs, attrs = {}, {}, {}
     for i, (name, arg) in enumerate(zip(fn.arg_names, args)):
         if isinstance(arg, tuple) and arg[0] == "ptr":
@@ -56,6 +57,8 @@ def compile_kernel(fn, args: list, num_warps: int, num_stages: int = 3):
             attrs[(i,)] = [["tt.divisibility", 16]]
         elif isinstance(arg, tuple) and arg[0] == "const":
             signature[name], constexprs[name] = "constexpr", arg[1]
+        elif isinstance(arg, tuple) and arg[0] == "unspecialized":  # a do_not_specialize argument
+            signature[name] = "i32"
         elif arg == 1:
             signature[name], constexprs[name] = "constexpr", 1
         else:
@@ -135,7 +138,7 @@ def two_four_kernel(bits: int, n: int, k: int, group: int, config: tuple):
     grid, meta, warps = sparse24_intq.gemv_launch(config, bits, n, k, group, 1)
     padded, slices, per_group = sparse24_intq.slicing(k, group)
     pdt = "fp32" if bits == 8 else "fp16"
-    args = [ptr("bf16"), ptr("i32"), ptr("i32"), ptr(pdt), ptr(pdt), ptr("fp32" if meta[-1] else "bf16"), n, k, slices,
+    args = [ptr("bf16"), ptr("i32"), ptr("i32"), ptr(pdt), ptr(pdt), ptr("fp32" if meta[-1] else "bf16"), n, k, ("unspecialized", slices),
             padded // (per_group * sparse24_intq.SLICE), k, intq.MANTISSA_ONE] + [("const", v) for v in meta]
     bn, ts, _ = config
     per_iter = bn * ts * sparse24_intq.SLICE / (32 * warps)
