@@ -12,8 +12,8 @@ import sys
 
 from hydra import compose, initialize_config_module
 
-from harness import compress, data, kernels, models
-from harness.run import resolve
+from harness import compress, kernels, models
+from harness.run import calibration_windows, resolve
 from harness.tasks import build as build_task
 
 SETTINGS = {
@@ -32,10 +32,7 @@ def perplexity_pair(overrides: list[str]) -> tuple[float, float, str]:
     task = build_task("pydoc", specs["pydoc"])
     tokenizer = models.load_tokenizer(exp.config["model"])
     task.prepare(tokenizer)
-    calibration = None
-    if method.needs_calibration:  # as harness.run does it
-        calib = exp.config["calib"]
-        calibration = data.sample_windows(tokenizer, **calib, data_path=exp.config["data_paths"].get(calib["dataset"]))[0]
+    calibration = calibration_windows(exp, method, tokenizer)[0]
     model = models.load_model(exp.config["model"], exp.device, exp.dtype, exp.config["seed"])
     compress.compress(model, method, exp.compression, calibration, exp.device)
     simulated = task.evaluate(model)[0]["pydoc/ppl"]

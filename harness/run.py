@@ -112,6 +112,14 @@ def _run_claimed(exp: Experiment, rid: str, method, specs, logger) -> dict[str, 
     return record
 
 
+def calibration_windows(exp: Experiment, method, tokenizer) -> tuple[Any, dict[str, Any]]:
+    """(token windows, their coverage statistics) for a calibrated method; (None, {}) for the others."""
+    if not method.needs_calibration:
+        return None, {}
+    calib = exp.config["calib"]
+    return data.sample_windows(tokenizer, **calib, data_path=exp.config["data_paths"].get(calib["dataset"]))
+
+
 def execute(exp: Experiment, method, specs, watch: Stopwatch) -> dict[str, Any]:
     model_cfg = exp.config["model"]
     torch.manual_seed(exp.config["seed"])
@@ -120,11 +128,7 @@ def execute(exp: Experiment, method, specs, watch: Stopwatch) -> dict[str, Any]:
         tasks = [build_task(name, spec) for name, spec in specs.items()]
         for task in tasks:
             task.prepare(tokenizer)
-        calibration, calib_stats = None, {}
-        if method.needs_calibration:
-            calib = exp.config["calib"]
-            data_path = exp.config["data_paths"].get(calib["dataset"])
-            calibration, calib_stats = data.sample_windows(tokenizer, **calib, data_path=data_path)
+        calibration, calib_stats = calibration_windows(exp, method, tokenizer)
     progress.route_library_bars()  # after the tokenizer and tasks are prepared: they import what draws bars
     # A calibrated method keeps the model in CPU memory and moves one block at a time to the device.
     with watch.time("load_s"):

@@ -553,6 +553,8 @@ def _time_ms(run, choice: tuple[str, tuple]) -> float:
 
 def tuned_call(key: tuple, options: list[tuple[str, tuple]], run) -> torch.Tensor:
     """run(kind, config) with the fastest of `options` for `key` (timed on first eager use, then cached)."""
+    if triton is None:
+        raise RuntimeError("the integer kernels need the triton package")
     choice = _tuned.get(key)
     if choice is None:
         if torch.cuda.is_current_stream_capturing():
@@ -565,8 +567,6 @@ def tuned_call(key: tuple, options: list[tuple[str, tuple]], run) -> torch.Tenso
 
 def matmul(x: torch.Tensor, layer: PackedLinear) -> torch.Tensor:
     """x [M, K] bf16 @ W^T with the best tuned kernel for this shape (tuned on first eager use)."""
-    if triton is None:
-        raise RuntimeError("the integer kernels need the triton package")
     x = x.to(torch.bfloat16).contiguous()
     return tuned_call(layer.tuning_key(x.shape[0]), candidates(x.shape[0]), lambda kind, config: _run(kind, config, x, layer))
 

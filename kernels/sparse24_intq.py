@@ -36,7 +36,7 @@ import math
 import torch
 from torch import nn
 
-from harness.kernels import intq
+from harness.kernels import intq, sparse24
 from harness.kernels.intq import triton
 
 if triton is not None:
@@ -58,9 +58,9 @@ def unsupported_reason(bits: int, group_size: int) -> str | None:
 
 def kept_positions(weight: torch.Tensor) -> torch.Tensor:
     """[N, K/4, 2] int64: each block's two kept positions, ascending (its nonzeros, then its lowest zeros)."""
-    blocks = weight.reshape(weight.shape[0], -1, 4)
-    if bool((blocks != 0).sum(-1).gt(2).any()):
+    if not sparse24.is_two_four(weight):
         raise ValueError("the weight is not 2:4 sparse (more than 2 nonzeros in a block of 4 input columns)")
+    blocks = weight.reshape(weight.shape[0], -1, 4)
     rank = (blocks != 0).to(torch.int64) * 4 + (3 - torch.arange(4, device=weight.device))
     return rank.topk(2, dim=-1).indices.sort(-1).values
 
