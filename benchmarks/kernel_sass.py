@@ -163,9 +163,8 @@ def old_kernel(bits: int, n: int, k: int, group: int, config: tuple):
 
 def new_gemm(bits: int, n: int, k: int, group: int, config: tuple, m: int):
     layout = intq.Layout.of(bits, k, group)
-    bm, bn, warps, stages = config
-    split = intq._splits(triton.cdiv(m, bm) * triton.cdiv(n, bn), layout.tiles, intq.GEMM_PROGRAMS)
-    per_split = triton.cdiv(layout.tiles, split)
+    bm, bn = config[:2]
+    (_, _, split), per_split, warps, stages = intq.gemm_launch(config, m, n, layout.tiles)
     pdt = "fp32" if bits == 8 else "fp16"
     args = [ptr("bf16"), ptr("i32"), ptr(pdt), ptr(pdt), ptr("fp32" if split > 1 else "bf16"), m, n, k, layout.tiles, layout.groups,
             layout.tiles_per_group, k, intq.FLOAT_2_23] + [("const", v) for v in (bits, layout.words, bm, bn, per_split, split > 1)]
@@ -175,7 +174,7 @@ def new_gemm(bits: int, n: int, k: int, group: int, config: tuple, m: int):
 
 def old_gemm(bits: int, n: int, k: int, group: int, config: tuple, m: int):
     layout = intq_v2.Layout.of(bits, k, group)
-    bm, bn, warps, stages = config
+    bm, bn, warps, stages = config[:4]
     split = intq_v2._splits(triton.cdiv(m, bm) * triton.cdiv(n, bn), layout.tiles, intq_v2.GEMM_PROGRAMS)
     per_split = triton.cdiv(layout.tiles, split)
     planes = intq_v2.PLANES[bits]

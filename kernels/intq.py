@@ -362,7 +362,10 @@ if triton is not None:
             whole = j < 30
             c = tl.where(whole, j // 10, j - 30)  # the word with bits 0-1 (all three bits for j < 30)
             low = (tl.where(c == 0, w0, tl.where(c == 1, w1, w2)) >> tl.where(whole, (j % 10) * 3, 30)) & tl.where(whole, 7, 3)
-            q = low | ((w2 >> (j - 2)) & tl.where(whole, 0, 4))  # bit 2 of columns 30, 31: bits 30, 31 of word 2
+            # bit 2 of columns 30, 31: bits 30, 31 of word 2. The shift stays in 0 .. 31 for every j: a
+            # shift by a negative amount is poison in LLVM, and masking the result with 0 does not undo
+            # it (on the GPU it turned columns into garbage and NaN; the interpreter hid it)
+            q = low | ((w2 >> tl.where(whole, 0, j - 2)) & tl.where(whole, 0, 4))
         else:
             F: tl.constexpr = 32 // P
             c = tl.arange(0, P)
@@ -413,22 +416,28 @@ if triton is not None:
             k = t * TILE + kk
             xt = tl.load(x_ptr + rows_m[:, None] * stride_xm + k[None, :], mask=(rows_m[:, None] < M) & (k[None, :] < K), other=0.0)
             acc = tl.dot(xt, tl.trans(wt), acc)
-        mask = (rows_m[:, None] < M) & n_mask[None, :]
+        _store_tile(out_ptr, acc, rows_m, rows_n, split, M, N, PARTIAL)
+
+    @triton.jit
+    def _store_tile(out_ptr, acc, rows_m, rows_n, split, M, N, PARTIAL: tl.constexpr):
+        """A GEMM program's [BM, BN] outputs: float32 partials of its split, or the bf16 result."""
+        mask = (rows_m[:, None] < M) & (rows_n[None, :] < N)
         if PARTIAL:
             tl.store(out_ptr + split * M * N + rows_m[:, None] * N + rows_n[None, :], acc, mask=mask)
         else:
             tl.store(out_ptr + rows_m[:, None] * N + rows_n[None, :], acc.to(tl.bfloat16), mask=mask)
 
     @triton.jit
-    def _dequant_kernel(w_ptr, s_ptr, b_ptr, out_ptr, N, T, n_groups, tiles_per_group, magic,
+    def _dequant_kernel(w_ptr, s_ptr, b_ptr, out_ptr, row0, N, T, n_groups, tiles_per_group, magic,
                         P: tl.constexpr, WORDS: tl.constexpr, BN: tl.constexpr):
+        """Rows row0 .. N-1 (BN a program, one tile) as bf16 into out, whose row 0 is row0."""
         TILE: tl.constexpr = 32 * WORDS
-        rows = tl.program_id(0) * BN + tl.arange(0, BN)
+        rows = row0 + tl.program_id(0) * BN + tl.arange(0, BN)
         row_mask = rows < N
         t = tl.program_id(1)
         wt = _dequant_tile(w_ptr, s_ptr, b_ptr, rows, row_mask, t, T, n_groups, tiles_per_group, magic, P, WORDS, BN, True)
         k = t * TILE + tl.arange(0, TILE)
-        tl.store(out_ptr + rows[:, None] * (T * TILE) + k[None, :], wt, mask=row_mask[:, None])
+        tl.store(out_ptr + (rows - row0)[:, None] * (T * TILE) + k[None, :], wt, mask=row_mask[:, None])
 
     @triton.jit
     def _sum_splits_kernel(part_ptr, out_ptr, total, SPLITS: tl.constexpr, BLOCK: tl.constexpr):
@@ -444,19 +453,24 @@ if triton is not None:
 
 GEMV_MAX_TOKENS = 16
 DEQUANT_MIN_TOKENS = 256  # from here on, dequantize + cuBLAS is also tried
-# Programs wanted in flight (H200: 132 multiprocessors): the GEMV keeps bytes in flight with many
-# light programs per multiprocessor; the GEMM needs only a few waves.
-GEMV_PROGRAMS = 8 * 132
-GEMM_PROGRAMS = 4 * 132
+MULTIPROCESSORS = 132  # H200
+# Programs wanted in flight: the GEMV keeps bytes in flight with many light programs a multiprocessor
+GEMV_PROGRAMS = 8 * MULTIPROCESSORS
 # (BN, TT, num_warps) for the GEMV: a warp spans min(TT, 32) tiles and 32 / TT rows, so a thread holds
 # BN * TT / (32 * num_warps) rows (8; 16 in (64, 32, 4): 255 registers, no spills, 9% fewer instructions
 # a weight; 4 in the last, one warp over 8 tiles, which makes the most programs for small layers), each x
 # value it loads serving all of them. Every configuration compiles to a large
 # unrolled kernel (1.5-3 s each on a CPU), so the set stays small;
-# (BM, BN, num_warps, num_stages) for the GEMM
+# (BM, BN, num_warps, num_stages, programs wanted a multiprocessor) for the GEMM: K is split until the
+# grid has that many programs. A few tokens read as many weight bytes as one, so they need a GEMV's
+# bytes in flight (8-16 programs a multiprocessor: 55 us at 14336x4096 W4 M=16 with 4, H200, 2026-12-02);
+# prefill needs only a few waves.
+# ("dequant", (MiB,)): dequantize + cuBLAS in row chunks of about MiB of bf16 (0: the whole layer at once),
+# so that cuBLAS reads each chunk while it is still in L2 (50 MB)
 GEMV_CONFIGS = [(32, 32, 4), (64, 16, 4), (32, 16, 2), (64, 32, 4), (16, 8, 1)]
-GEMM_SMALL = [(16, 64, 4, 3), (16, 128, 4, 4), (32, 64, 4, 3)]
-GEMM_LARGE = [(64, 128, 4, 3), (128, 128, 8, 3), (128, 256, 8, 3)]
+GEMM_SMALL = [(16, 64, 4, 3, 8), (16, 64, 4, 3, 16), (16, 128, 4, 4, 8), (32, 64, 4, 3, 8)]
+GEMM_LARGE = [(64, 128, 4, 3, 4), (128, 128, 8, 3, 4), (128, 256, 8, 3, 4)]
+DEQUANT_CHUNKS = [(0,), (8,), (24,)]
 _tuned: dict[tuple, tuple] = {}
 MANTISSA_ONE = 127 << 23  # float32 exponent bits of 1.0
 FLOAT_2_23 = 150 << 23  # float32 bits of 2^23: (q | FLOAT_2_23) as a float is 2^23 + q
@@ -501,10 +515,10 @@ def _run(kind: str, config: tuple, x: torch.Tensor, layer: PackedLinear) -> torc
     w, bits, words = layer.qweight, layout.bits, layout.words
     common = (layout.tiles, layout.groups, layout.tiles_per_group)
     if kind == "dequant":
-        dense = torch.empty(n, layout.padded_in, device=x.device, dtype=torch.bfloat16)
-        bn = 32
-        _dequant_kernel[(triton.cdiv(n, bn), layout.tiles)](w, layer.scale, layer.offset, dense, n, *common, FLOAT_2_23, bits, words, bn, num_warps=4)
-        return x @ dense[:, : layer.in_features].T
+        def fill(dense, row0, rows):
+            _dequant_kernel[(triton.cdiv(rows, 32), layout.tiles)](w, layer.scale, layer.offset, dense, row0, row0 + rows, *common,
+                                                                   FLOAT_2_23, bits, words, 32, num_warps=4)
+        return dequant_matmul(x, n, layout.padded_in, layer.in_features, config[0], fill)
     if kind == "gemv":
         grid, meta, warps = gemv_launch(config, layout, n, m)
         split = grid[1]
@@ -512,15 +526,34 @@ def _run(kind: str, config: tuple, x: torch.Tensor, layer: PackedLinear) -> torc
         _gemv_kernel[grid](x, w, layer.scale, layer.offset, out, n, layer.in_features, *common, x.stride(0),
                            MANTISSA_ONE, *meta, num_warps=warps)
     else:
-        bm, bn, warps, stages = config
-        grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
-        split = _splits(grid[0] * grid[1], layout.tiles, GEMM_PROGRAMS)
-        per_split = triton.cdiv(layout.tiles, split)
-        split = triton.cdiv(layout.tiles, per_split)
+        grid, per_split, warps, stages = gemm_launch(config, m, n, layout.tiles)
+        split = grid[2]
         out = _partial_or_out(split, m, n, x.device)
-        _gemm_kernel[(*grid, split)](x, w, layer.scale, layer.offset, out, m, n, layer.in_features, *common, x.stride(0), FLOAT_2_23,
-                                     bits, words, bm, bn, per_split, split > 1, num_warps=warps, num_stages=stages)
+        _gemm_kernel[grid](x, w, layer.scale, layer.offset, out, m, n, layer.in_features, *common, x.stride(0), FLOAT_2_23,
+                           bits, words, config[0], config[1], per_split, split > 1, num_warps=warps, num_stages=stages)
     return sum_splits(out, split, m, n)
+
+
+def gemm_launch(config: tuple, m: int, n: int, chunks: int) -> tuple[tuple, int, int, int]:
+    """A GEMM's grid (row blocks of x, of W, splits of K), chunks of K a split, warps and stages."""
+    bm, bn, warps, stages, per_sm = config
+    blocks = triton.cdiv(m, bm) * triton.cdiv(n, bn)
+    per_split = triton.cdiv(chunks, _splits(blocks, chunks, per_sm * MULTIPROCESSORS))
+    return (triton.cdiv(m, bm), triton.cdiv(n, bn), triton.cdiv(chunks, per_split)), per_split, warps, stages
+
+
+def dequant_matmul(x: torch.Tensor, n: int, padded_in: int, in_features: int, chunk_mib: int, fill) -> torch.Tensor:
+    """x @ W^T through a bf16 scratch copy of W made by fill(dense, row0, rows) (rows row0 .. row0+rows-1
+    into dense's first rows), in row chunks of about chunk_mib MiB (0: one chunk), each multiplied by
+    cuBLAS straight into its columns of the output while it is still in L2."""
+    chunk = n if chunk_mib == 0 else min(n, max(128, chunk_mib * 2**20 // (2 * padded_in) // 128 * 128))
+    dense = torch.empty(chunk, padded_in, device=x.device, dtype=torch.bfloat16)
+    out = torch.empty(x.shape[0], n, device=x.device, dtype=torch.bfloat16)
+    for row0 in range(0, n, chunk):
+        rows = min(chunk, n - row0)
+        fill(dense, row0, rows)
+        torch.mm(x, dense[:rows, :in_features].T, out=out[:, row0 : row0 + rows])
+    return out
 
 
 def sum_splits(out: torch.Tensor, split: int, m: int, n: int) -> torch.Tensor:
@@ -540,7 +573,7 @@ def candidates(m: int) -> list[tuple[str, tuple]]:
         return gemv
     if m < DEQUANT_MIN_TOKENS:
         return (gemv if m <= GEMV_MAX_TOKENS else []) + [("gemm", c) for c in GEMM_SMALL]
-    return [("gemm", c) for c in GEMM_LARGE] + [("dequant", ())]
+    return [("gemm", c) for c in GEMM_LARGE] + [("dequant", c) for c in DEQUANT_CHUNKS]
 
 
 def _time_ms(run, choice: tuple[str, tuple]) -> float:

@@ -25,9 +25,12 @@ Kernels
     2^P: one shift and one LOP3, as in `intq`); its x is picked from its block's four by the two
     position bits (two selects: p0 picks among x0, x1, x2 and p1 among x1, x2, x3). With
     qx = sum (2^P + q) x and xs = sum x over the kept slots, a row's group adds s (qx - 2^P xs) + b xs.
-  * more tokens: the layer is dequantized into a dense bf16 scratch buffer (zeros included) and
-    multiplied by cuBLAS. Between 5 and 16 tokens both are timed and the faster is kept.
-Split-K sums, launch tuning and the token buckets are `intq`'s.
+  * from 5 tokens: a tensor-core GEMM; each step makes GEMM_SLICES slices of BN rows dense in
+    registers (a kept value goes to its column of the block through two selects on its position;
+    the pruned columns are zeros) and multiplies them by x with tl.dot, fp32 accumulation, split-K.
+  * prefill: also dequantize into a dense bf16 scratch buffer (in row chunks, as `intq` does) + cuBLAS.
+Every launch for a shape and token bucket is timed at first use and the fastest is kept; split-K sums,
+launch tuning, the token buckets and the GEMM configurations are `intq`'s.
 """
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ from harness.kernels.intq import triton
 if triton is not None:
     import triton.language as tl
 
-    from harness.kernels.intq import _store_rows, _x_field
+    from harness.kernels.intq import _store_rows, _store_tile, _x_field
 
 NAME = "triton-2:4-intq"
 KERNEL_VERSION = "1"
@@ -219,28 +222,58 @@ if triton is not None:
         _store_rows(out_ptr, y, pid_n, split, m, N, BN, PARTIAL)
 
     @triton.jit
-    def _dequant_kernel(q_ptr, i_ptr, s_ptr, b_ptr, out_ptr, N, S, n_groups, slices_per_group,
-                        P: tl.constexpr, BN: tl.constexpr):
-        """Slice t of BN rows as dense bf16 [BN, 32], zeros at the pruned positions."""
+    def _dense_slices(q_ptr, i_ptr, s_ptr, b_ptr, rows, t, S, n_groups, slices_per_group,
+                      P: tl.constexpr, BN: tl.constexpr, TS: tl.constexpr):
+        """Slices t [TS] (each < S) of rows [BN] (each < N) as dense float32 [BN, TS * 32], zeros at
+        the pruned positions: each kept value goes to its block's column through two selects."""
         F: tl.constexpr = 32 // P
-        rows = tl.program_id(0) * BN + tl.arange(0, BN)
-        row_mask = rows < N
-        rows_in = tl.where(row_mask, rows, 0)
-        t = tl.program_id(1)
         c = tl.arange(0, P // 2)
-        words = tl.load(q_ptr + (rows_in[:, None] * (P // 2) + c[None, :]) * S + t)  # [BN, P/2]
-        codes = (words[:, :, None] >> (tl.arange(0, F) * P)[None, None, :]) & ((1 << P) - 1)
-        codes = tl.reshape(codes, [BN, 8, 2])
-        where = tl.load(i_ptr + rows_in * S + t)
-        pos = tl.reshape((where[:, None] >> (2 * tl.arange(0, 16))[None, :]) & 3, [BN, 8, 2])
-        g = rows_in * n_groups + t // slices_per_group
-        s = tl.load(s_ptr + g).to(tl.float32)[:, None, None]
-        b = tl.load(b_ptr + g).to(tl.float32)[:, None, None]
-        value = codes.to(tl.float32) * s + b
+        words = tl.load(q_ptr + (rows[:, None, None] * (P // 2) + c[None, None, :]) * S + t[None, :, None])  # [BN, TS, P/2]
+        codes = (words[:, :, :, None] >> (tl.arange(0, F) * P)[None, None, None, :]) & ((1 << P) - 1)
+        where = tl.load(i_ptr + rows[:, None] * S + t[None, :])  # [BN, TS]
+        pos = (where[:, :, None] >> (2 * tl.arange(0, 16))[None, None, :]) & 3
+        g = rows[:, None] * n_groups + t[None, :] // slices_per_group
+        s = tl.load(s_ptr + g).to(tl.float32)[:, :, None, None]
+        b = tl.load(b_ptr + g).to(tl.float32)[:, :, None, None]
+        v0, v1 = tl.split(tl.reshape(codes, [BN, TS, 8, 2]).to(tl.float32) * s + b)  # [BN, TS, 8] each
+        p0, p1 = tl.split(tl.reshape(pos, [BN, TS, 8, 2]))
         j = tl.arange(0, 4)[None, None, None, :]
-        dense = tl.sum(tl.where(pos[:, :, :, None] == j, value[:, :, :, None], 0.0), axis=2)  # [BN, 8, 4]
-        k = t * 32 + tl.arange(0, 32)
-        tl.store(out_ptr + rows[:, None] * (S * 32) + k[None, :], tl.reshape(dense, [BN, 32]).to(tl.bfloat16), mask=row_mask[:, None])
+        dense = tl.where(p0[:, :, :, None] == j, v0[:, :, :, None], tl.where(p1[:, :, :, None] == j, v1[:, :, :, None], 0.0))
+        return tl.reshape(dense, [BN, TS * 32])
+
+    @triton.jit
+    def _dequant_kernel(q_ptr, i_ptr, s_ptr, b_ptr, out_ptr, row0, N, S, n_groups, slices_per_group,
+                        P: tl.constexpr, BN: tl.constexpr, TS: tl.constexpr):
+        """Rows row0 .. N-1 (BN a program, TS slices) as dense bf16 into out, whose row 0 is row0."""
+        rows = row0 + tl.program_id(0) * BN + tl.arange(0, BN)
+        row_mask = rows < N
+        t = tl.program_id(1) * TS + tl.arange(0, TS)
+        dense = _dense_slices(q_ptr, i_ptr, s_ptr, b_ptr, tl.where(row_mask, rows, row0), tl.minimum(t, S - 1), S, n_groups,
+                              slices_per_group, P, BN, TS)
+        k = tl.program_id(1) * TS * 32 + tl.arange(0, TS * 32)
+        tl.store(out_ptr + (rows - row0)[:, None] * (S * 32) + k[None, :], dense.to(tl.bfloat16),
+                 mask=row_mask[:, None] & (k[None, :] < S * 32))
+
+    @triton.jit
+    def _gemm_kernel(x_ptr, q_ptr, i_ptr, s_ptr, b_ptr, out_ptr, M, N, K, S, n_groups, slices_per_group, stride_xm,
+                     P: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, TS: tl.constexpr, CHUNKS: tl.constexpr,
+                     PARTIAL: tl.constexpr):
+        """Tensor-core GEMM: CHUNKS chunks of TS slices from split * CHUNKS (compile-time trip count),
+        each made dense in registers (as the dequantize kernel does) and multiplied with tl.dot; x past
+        K is masked, so slices past S (read as slice S-1) add nothing."""
+        pid_m, pid_n, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        rows_m = pid_m * BM + tl.arange(0, BM)
+        rows_n = pid_n * BN + tl.arange(0, BN)
+        rows_in = tl.minimum(rows_n, N - 1)
+        acc = tl.zeros([BM, BN], tl.float32)
+        for i in range(CHUNKS):
+            chunk = split * CHUNKS + i
+            t = tl.minimum(chunk * TS + tl.arange(0, TS), S - 1)
+            wt = _dense_slices(q_ptr, i_ptr, s_ptr, b_ptr, rows_in, t, S, n_groups, slices_per_group, P, BN, TS).to(tl.bfloat16)
+            k = chunk * TS * 32 + tl.arange(0, TS * 32)
+            xt = tl.load(x_ptr + rows_m[:, None] * stride_xm + k[None, :], mask=(rows_m[:, None] < M) & (k[None, :] < K), other=0.0)
+            acc = tl.dot(xt, tl.trans(wt), acc)
+        _store_tile(out_ptr, acc, rows_m, rows_n, split, M, N, PARTIAL)
 
 
 # ---------------------------------------------------------------- launching
@@ -248,6 +281,8 @@ if triton is not None:
 # (BN, TS, num_warps): a warp spans min(TS, 32) slices and 32 / TS rows, so a thread holds
 # BN * TS / (32 * num_warps) rows, each x value it loads serving all of them
 GEMV_CONFIGS = [(32, 32, 4), (64, 16, 4), (32, 16, 2), (16, 8, 1)]
+GEMM_SLICES = 4  # slices a GEMM step: 128 columns, intq's tile at group 128
+DEQUANT_SLICES = 8  # slices a dequantize program: 256 columns, 512 contiguous bytes a row stored
 
 
 def gemv_launch(config: tuple, bits: int, n: int, in_features: int, group_size: int, m: int) -> tuple[tuple, tuple, int]:
@@ -265,21 +300,32 @@ def gemv_launch(config: tuple, bits: int, n: int, in_features: int, group_size: 
 
 def _run(kind: str, config: tuple, x: torch.Tensor, layer: SparsePackedLinear) -> torch.Tensor:
     m, n = x.shape[0], layer.out_features
+    weights = (layer.qweight, layer.index, layer.scale, layer.offset)
     if kind == "dequant":
-        dense = torch.empty(n, layer.padded_in, device=x.device, dtype=torch.bfloat16)
-        bn = 32
-        _dequant_kernel[(triton.cdiv(n, bn), layer.slices)](layer.qweight, layer.index, layer.scale, layer.offset, dense,
-                                                             n, layer.slices, layer.groups, layer.slices_per_group, layer.bits, bn, num_warps=4)
-        return x @ dense[:, : layer.in_features].T
+        def fill(dense, row0, rows):
+            _dequant_kernel[(triton.cdiv(rows, 32), triton.cdiv(layer.slices, DEQUANT_SLICES))](
+                *weights, dense, row0, row0 + rows, layer.slices, layer.groups, layer.slices_per_group, layer.bits, 32, DEQUANT_SLICES,
+                num_warps=4)
+        return intq.dequant_matmul(x, n, layer.padded_in, layer.in_features, config[0], fill)
+    if kind == "gemm":
+        grid, per_split, warps, stages = intq.gemm_launch(config, m, n, triton.cdiv(layer.slices, GEMM_SLICES))
+        out = intq._partial_or_out(grid[2], m, n, x.device)
+        _gemm_kernel[grid](x, *weights, out, m, n, layer.in_features, layer.slices, layer.groups, layer.slices_per_group, x.stride(0),
+                           layer.bits, config[0], config[1], GEMM_SLICES, per_split, grid[2] > 1, num_warps=warps, num_stages=stages)
+        return intq.sum_splits(out, grid[2], m, n)
     grid, meta, warps = gemv_launch(config, layer.bits, n, layer.in_features, layer.layout.group_size, m)
     out = intq._partial_or_out(grid[1], m, n, x.device)
-    _gemv_kernel[grid](x, layer.qweight, layer.index, layer.scale, layer.offset, out, n, layer.in_features, layer.slices,
-                       layer.groups, x.stride(0), intq.MANTISSA_ONE, *meta, num_warps=warps)
+    _gemv_kernel[grid](x, *weights, out, n, layer.in_features, layer.slices, layer.groups, x.stride(0), intq.MANTISSA_ONE, *meta,
+                       num_warps=warps)
     return intq.sum_splits(out, grid[1], m, n)
 
 
 def candidates(m: int) -> list[tuple[str, tuple]]:
+    """intq's choice of launches: the GEMV up to GEMV_MAX_TOKENS, the tensor-core GEMM from 5 tokens,
+    dequantize + cuBLAS from DEQUANT_MIN_TOKENS, with this backend's configurations."""
     gemv = [("gemv", c) for c in GEMV_CONFIGS]
     if m <= 4:
         return gemv
-    return (gemv if m <= intq.GEMV_MAX_TOKENS else []) + [("dequant", ())]
+    if m < intq.DEQUANT_MIN_TOKENS:
+        return (gemv if m <= intq.GEMV_MAX_TOKENS else []) + [("gemm", c) for c in intq.GEMM_SMALL]
+    return [("gemm", c) for c in intq.GEMM_LARGE] + [("dequant", c) for c in intq.DEQUANT_CHUNKS]

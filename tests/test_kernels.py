@@ -233,8 +233,9 @@ INTQ_CASES = [
     (8, -1, True, 20, 576, 1, "gemv", (16, 32, 4)), (8, 256, False, 32, 512, 1, "gemv", (32, 32, 4)),
     (3, 64, True, 50, 640, 2, "gemv", (16, 8, 1)), (4, 128, False, 64, 4096, 1, "gemv", (64, 32, 8)),
     (2, 128, True, 70, 1024, 1, "gemv", (64, 32, 4)),
-    (3, 32, False, 30, 128, 9, "dequant", ()), (3, -1, True, 9, 100, 3, "dequant", ()),
-    (2, 64, False, 17, 320, 2, "dequant", ()), (8, 128, True, 12, 256, 2, "dequant", ()),
+    (3, 32, False, 30, 128, 9, "dequant", (0,)), (3, -1, True, 9, 100, 3, "dequant", (0,)),
+    (2, 64, False, 17, 320, 2, "dequant", (0,)), (8, 128, True, 12, 256, 2, "dequant", (0,)),
+    (4, 128, True, 1100, 1024, 2, "dequant", (1,)),
 ]
 # 2:4 + integer: 2/4/8 bits, groups 32/64/128 and per channel, N and K whole blocks and not (K = 100,
 # 72: padded slices), split-K (K = 4096), every GEMV configuration.
@@ -243,7 +244,8 @@ TWO_FOUR_CASES = [
     (4, -1, False, 17, 100, 1, "gemv", (32, 16, 2)), (2, 64, True, 33, 192, 3, "gemv", (16, 8, 1)),
     (8, 128, False, 32, 4096, 1, "gemv", (32, 16, 2)), (4, 64, True, 50, 192, 1, "gemv", (16, 8, 1)),
     (4, -1, True, 20, 72, 2, "gemv", (16, 8, 1)),
-    (4, 128, False, 30, 256, 5, "dequant", ()), (2, -1, True, 9, 100, 2, "dequant", ()), (8, 32, False, 12, 64, 2, "dequant", ()),
+    (4, 128, False, 30, 256, 5, "dequant", (0,)), (2, -1, True, 9, 100, 2, "dequant", (0,)), (8, 32, False, 12, 64, 2, "dequant", (0,)),
+    (4, 64, True, 1100, 1024, 3, "dequant", (1,)), (4, -1, False, 40, 520, 2, "dequant", (0,)),
 ]
 
 
@@ -275,7 +277,7 @@ def test_kernels_compile_for_hopper_without_int_to_float_in_the_gemv():
         common = [layout.tiles, layout.groups, layout.tiles_per_group]
         compile_kernel(intq._gemm_kernel, [ptr("bf16"), ptr("i32"), ptr(pdt), ptr(pdt), ptr("fp32"), 16, n, k, *common, k, intq.FLOAT_2_23]
                        + [("const", v) for v in (bits, layout.words, 16, 64, 4, True)], 4)
-        compile_kernel(intq._dequant_kernel, [ptr("i32"), ptr(pdt), ptr(pdt), ptr("bf16"), n, *common, intq.FLOAT_2_23]
+        compile_kernel(intq._dequant_kernel, [ptr("i32"), ptr(pdt), ptr(pdt), ptr("bf16"), 0, n, *common, intq.FLOAT_2_23]
                        + [("const", v) for v in (bits, layout.words, 32)], 4)
     compile_kernel(intq._sum_splits_kernel, [ptr("fp32"), ptr("bf16"), 1000, ("const", 4), ("const", 1024)], 4)
     for bits, n, k, group, config in [(4, 14336, 4096, 128, (32, 32, 4)), (2, 300, 1000, -1, (16, 8, 1))]:
@@ -283,5 +285,8 @@ def test_kernels_compile_for_hopper_without_int_to_float_in_the_gemv():
         opcodes = [text.split()[0] for _, text in sass["instructions"](sass["sass_of"](compiled)[0])]
         assert opcodes and not [op for op in opcodes if op.startswith("I2F")], (bits, config)
         padded, slices, per_group = sparse24_intq.slicing(k, group)
-        compile_kernel(sparse24_intq._dequant_kernel, [ptr("i32"), ptr("i32"), ptr("fp16"), ptr("fp16"), ptr("bf16"), n, slices,
-                                                       slices // per_group, per_group, ("const", bits), ("const", 32)], 4)
+        weights = [ptr("i32"), ptr("i32"), ptr("fp16"), ptr("fp16")]
+        compile_kernel(sparse24_intq._dequant_kernel, weights + [ptr("bf16"), 0, n, slices, slices // per_group, per_group]
+                       + [("const", v) for v in (bits, 32, sparse24_intq.DEQUANT_SLICES)], 4)
+        compile_kernel(sparse24_intq._gemm_kernel, [ptr("bf16")] + weights + [ptr("fp32"), 16, n, k, slices, slices // per_group, per_group, k]
+                       + [("const", v) for v in (bits, 16, 64, sparse24_intq.GEMM_SLICES, 4, True)], 4)
