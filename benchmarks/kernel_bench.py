@@ -2,6 +2,7 @@
 decode of a Llama-3-8B-shaped model (real shapes, random weights) per backend.
 
     python benchmarks/kernel_bench.py [--tokens 1,16,2048] [--bits 4,3,2,8] [--e2e-bits 4,3,2] [--no-layers] [--no-e2e]
+        [--e2e-compile off,on] [--no-two-four]
 
 Layer timings: y = x W^T; each side captured in a CUDA graph of many calls and replayed
 (triton.testing.do_bench, median), calls cycling through enough copies of the layer that the weights do
@@ -9,11 +10,13 @@ not stay in the 60 MB L2 between calls. Bytes = packed weights + group parameter
 written once; GB/s = bytes / time; "% copy" is that over the device-to-device copy bandwidth measured at
 the start (bytes read + written). Every row also states the relative error of its output against the
 float32 product with the dequantized weights (the simulated-compression reference).
-End to end: harness.latency's graphed prefill and decode (static KV cache) on the converted model.
+End to end: harness.latency's graphed prefill and decode (static KV cache) on the converted model, with
+the model's eager operations replayed (compile off) and/or through torch.compile first (on).
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import sys
 import time
@@ -132,9 +135,10 @@ def llama(seed: int):
 @torch.no_grad()
 def end_to_end(args) -> list[dict]:
     variants = [("bf16", None, None)] + [(f"w{b}g{args.group_size}", QuantFormat(b, args.group_size, False), None) for b in args.e2e_bits]
-    variants += [("2:4", None, SparsityPattern(0.5, 2, 4)), (f"2:4+w4g{args.group_size}", QuantFormat(4, args.group_size, False), SparsityPattern(0.5, 2, 4))]
+    if not args.no_two_four:
+        variants += [("2:4", None, SparsityPattern(0.5, 2, 4)), (f"2:4+w4g{args.group_size}", QuantFormat(4, args.group_size, False), SparsityPattern(0.5, 2, 4))]
     rows = []
-    for name, fmt, pattern in variants:
+    for (name, fmt, pattern), compiled in itertools.product(variants, args.e2e_compile):
         try:
             model = llama(0)
             layers = compress.compressible_layers(model)
@@ -151,10 +155,11 @@ def end_to_end(args) -> list[dict]:
             kernels.convert(model, layers, backend, compression, {})
             del layers
             convert_s = time.time() - start
-            result = latency.measure(model, args.prompt_len, 16, steps=args.steps)
+            start = time.time()
+            result = latency.measure(model, args.prompt_len, 16, steps=args.steps, compiled=compiled)
             tps = result["decode_tokens_per_s"]
             rows.append(dict(name=name, kernel=kernels.kernel_name(backend)[0], **result))
-            print(f"e2e {name:>8}: prefill {result['prefill_ms']:.1f} ms  decode b1 {tps['1']:.1f} tok/s  b16 {tps['16']:.1f} tok/s  "
+            print(f"e2e {name:>8} compile {'on ' if compiled else 'off'} ({time.time() - start:.0f} s): prefill {result['prefill_ms']:.1f} ms  decode b1 {tps['1']:.1f} tok/s  b16 {tps['16']:.1f} tok/s  "
                   f"weights {result['weight_bytes'] / 1e9:.2f} GB  peak {result['peak_gpu_bytes'] / 1e9:.2f} GB  (convert {convert_s:.0f} s)", flush=True)
         except Exception:
             print(f"e2e {name}: failed")
@@ -170,10 +175,10 @@ def markdown(rows, e2e, bandwidth) -> str:
     for r in rows:
         lines.append(f"| {r['kind']} | {r['n']}x{r['k']} | {r['m']} | {r['us']:.1f} | {r['gbs']:.0f} | {r['pct']:.0f} | {r['speedup']:.2f} | {r['err']:.1e} |")
     if e2e:
-        lines += ["", "| model | kernel | prefill ms | decode tok/s b1 | b16 | weights GB | peak GB |", "|---|---|---|---|---|---|---|"]
+        lines += ["", "| model | kernel | compile | prefill ms | decode tok/s b1 | b16 | weights GB | peak GB |", "|---|---|---|---|---|---|---|---|"]
         for r in e2e:
             t = r["decode_tokens_per_s"]
-            lines.append(f"| {r['name']} | {r['kernel']} | {r['prefill_ms']:.1f} | {t['1']:.1f} | {t['16']:.1f} | {r['weight_bytes'] / 1e9:.2f} | {r['peak_gpu_bytes'] / 1e9:.2f} |")
+            lines.append(f"| {r['name']} | {r['kernel']} | {'on' if r['compiled'] else 'off'} | {r['prefill_ms']:.1f} | {t['1']:.1f} | {t['16']:.1f} | {r['weight_bytes'] / 1e9:.2f} | {r['peak_gpu_bytes'] / 1e9:.2f} |")
     return "\n".join(lines)
 
 
@@ -188,6 +193,9 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--no-e2e", action="store_true")
     parser.add_argument("--no-layers", action="store_true")
+    parser.add_argument("--e2e-compile", type=lambda s: [v == "on" for v in s.split(",")], default=[False, True],
+                        help="off, on or off,on: end to end without and/or with torch.compile")
+    parser.add_argument("--no-two-four", action="store_true", help="end to end without the 2:4 variants")
     parser.add_argument("--out", default=None, help="write the markdown tables here")
     args = parser.parse_args(argv)
     bandwidth = copy_bandwidth()

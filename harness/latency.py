@@ -8,8 +8,14 @@ graphs so that Python and launch overhead do not count:
   * decode: tokens/s at batch 1 and `latency_batch`, one token per sequence per step, greedy, static
     KV cache, the whole step (model, argmax, position update) captured in one graph and replayed;
   * peak GPU memory during those, and the bytes of the model's parameters and buffers on the GPU.
+With `latency_compile` (default) the model's forward goes through torch.compile first (inductor, one
+graph: the packed layers are one opaque operator each, harness::packed_product), so the norms, rotary
+embedding, attention glue and residuals are fused; the CUDA graph then replays the compiled step.
+Without it, transformers' eager operations are replayed one kernel each (about 3.2 ms a decode step on
+a Llama-3-8B shape, H200: benchmarks/NOTES.md).
 The result is the record's `latency` dict (CONTRACTS: available, reason, kernel, kernel_version,
-device, prompt_len, prefill_ms, decode_tokens_per_s {"1", "<batch>"}, peak_gpu_bytes, weight_bytes).
+device, compiled, prompt_len, prefill_ms, decode_tokens_per_s {"1", "<batch>"}, peak_gpu_bytes,
+weight_bytes).
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ log = logging.getLogger("harness")
 DECODE_STEPS = 32
 
 
-SETTINGS = ("latency", "latency_prompt_len", "latency_batch")
+SETTINGS = ("latency", "latency_prompt_len", "latency_batch", "latency_compile")
 
 
 def settle(config: dict[str, Any]) -> None:
@@ -43,12 +49,14 @@ def settle(config: dict[str, Any]) -> None:
     for key in ("latency_prompt_len", "latency_batch"):
         if not isinstance(config.get(key), int) or config[key] < 1:
             raise ConfigError(f"{key}={config.get(key)!r}: must be a positive integer")
+    if not isinstance(config.get("latency_compile", True), bool):
+        raise ConfigError(f"latency_compile={config['latency_compile']!r}: expected true or false")
 
 
 def unavailable(reason: str, device: str) -> dict[str, Any]:
     log.warning("latency unavailable: %s", reason)
     return {"available": False, "reason": reason, "kernel": None, "kernel_version": None, "device": device,
-            "prompt_len": None, "prefill_ms": None, "decode_tokens_per_s": None, "peak_gpu_bytes": None, "weight_bytes": None}
+            "compiled": None, "prompt_len": None, "prefill_ms": None, "decode_tokens_per_s": None, "peak_gpu_bytes": None, "weight_bytes": None}
 
 
 def measure_run(model: nn.Module, compression: Compression, method_cfg: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
@@ -66,15 +74,16 @@ def measure_run(model: nn.Module, compression: Compression, method_cfg: dict[str
         return unavailable(str(err), device)
     name, version = kernels.kernel_name(backend)
     return {"available": True, "reason": None, "kernel": name, "kernel_version": version, "device": device,
-            **measure(model, config["latency_prompt_len"], config["latency_batch"])}
+            **measure(model, config["latency_prompt_len"], config["latency_batch"], compiled=config.get("latency_compile", True))}
 
 
-def measure(model: nn.Module, prompt_len: int, batch: int, steps: int = DECODE_STEPS) -> dict[str, Any]:
+def measure(model: nn.Module, prompt_len: int, batch: int, steps: int = DECODE_STEPS, compiled: bool = True) -> dict[str, Any]:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    prefill_ms = prefill_latency_ms(model, prompt_len)
-    tokens = {str(b): decode_tokens_per_s(model, b, prompt_len, steps) for b in sorted({1, batch})}
-    return {"prompt_len": prompt_len, "prefill_ms": round(prefill_ms, 3), "decode_tokens_per_s": tokens,
+    forward = torch.compile(model, dynamic=False) if compiled else model
+    prefill_ms = prefill_latency_ms(model, prompt_len, forward=forward)
+    tokens = {str(b): decode_tokens_per_s(model, b, prompt_len, steps, forward=forward) for b in sorted({1, batch})}
+    return {"compiled": compiled, "prompt_len": prompt_len, "prefill_ms": round(prefill_ms, 3), "decode_tokens_per_s": tokens,
             "peak_gpu_bytes": int(torch.cuda.max_memory_allocated()), "weight_bytes": resident_bytes(model)}
 
 
@@ -133,8 +142,10 @@ def rewind(cache, length: int) -> None:
 
 
 @torch.no_grad()
-def prefill_latency_ms(model: nn.Module, prompt_len: int, repeats: int = 5) -> float:
-    """Median over `repeats` graph replays of one batch-1 forward of `prompt_len` tokens."""
+def prefill_latency_ms(model: nn.Module, prompt_len: int, repeats: int = 5, forward: Callable | None = None) -> float:
+    """Median over `repeats` graph replays of one batch-1 forward of `prompt_len` tokens (through
+    `forward`, the model or its compiled form)."""
+    forward = forward or model
     device = next(model.parameters()).device
     cache = new_cache(model, prompt_len)
     ids = torch.randint(model.config.vocab_size, (1, prompt_len), device=device)
@@ -142,7 +153,7 @@ def prefill_latency_ms(model: nn.Module, prompt_len: int, repeats: int = 5) -> f
 
     def step():
         rewind(cache, 0)
-        model(input_ids=ids, past_key_values=cache, cache_position=positions, position_ids=positions[None], use_cache=True)
+        forward(input_ids=ids, past_key_values=cache, cache_position=positions, position_ids=positions[None], use_cache=True)
 
     step()
     replay = graphed(step)
@@ -150,9 +161,11 @@ def prefill_latency_ms(model: nn.Module, prompt_len: int, repeats: int = 5) -> f
 
 
 @torch.no_grad()
-def decode_tokens_per_s(model: nn.Module, batch: int, prompt_len: int, steps: int = DECODE_STEPS) -> float:
+def decode_tokens_per_s(model: nn.Module, batch: int, prompt_len: int, steps: int = DECODE_STEPS, forward: Callable | None = None) -> float:
     """Greedy decode after a `prompt_len` prompt: batch * steps tokens over the time of `steps` replays
-    of the graphed step (argmax and position update inside the graph: no host work between steps)."""
+    of the graphed step (argmax and position update inside the graph: no host work between steps);
+    each step through `forward` (the model or its compiled form)."""
+    forward = forward or model
     device = next(model.parameters()).device
     cache = new_cache(model, prompt_len + steps + 2)
     prompt = torch.randint(model.config.vocab_size, (batch, prompt_len), device=device)
@@ -161,7 +174,7 @@ def decode_tokens_per_s(model: nn.Module, batch: int, prompt_len: int, steps: in
     position = torch.full((1,), prompt_len, device=device)
 
     def step():
-        logits = model(input_ids=token, past_key_values=cache, cache_position=position,
+        logits = forward(input_ids=token, past_key_values=cache, cache_position=position,
                        position_ids=position.view(1, 1).expand(batch, 1), use_cache=True).logits
         token.copy_(logits[:, -1:].argmax(-1))
         position.add_(1)

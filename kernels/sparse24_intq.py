@@ -123,6 +123,7 @@ class SparsePackedLinear(nn.Module):
         self.register_buffer("scale", scale.to(self.layout.param_dtype).contiguous())
         self.register_buffer("offset", offset.to(self.layout.param_dtype).contiguous())
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        self.layer_id = intq.register(self)
 
     @property
     def groups(self) -> int:
@@ -141,14 +142,16 @@ class SparsePackedLinear(nn.Module):
     def tuning_key(self, m: int) -> tuple:
         return (intq.token_bucket(m), NAME, self.out_features, self.in_features, self.layout)
 
+    def product(self, rows: torch.Tensor) -> torch.Tensor:
+        """rows [M, K] @ W^T: the Triton kernels on CUDA; on the CPU the same function through torch,
+        for tests only (never timed)."""
+        if rows.device.type != "cuda":
+            return rows @ self.dequantized().to(rows.dtype).T
+        rows = rows.to(torch.bfloat16).contiguous()
+        return intq.tuned_call(self.tuning_key(rows.shape[0]), candidates(rows.shape[0]), lambda kind, config: _run(kind, config, rows, self))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cuda":  # CPU: the same function through torch, for tests only (never timed)
-            y = x @ self.dequantized().to(x.dtype).T
-        else:
-            rows = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
-            y = intq.tuned_call(self.tuning_key(rows.shape[0]), candidates(rows.shape[0]), lambda kind, config: _run(kind, config, rows, self))
-            y = y.view(*x.shape[:-1], self.out_features)
-        return y if self.bias is None else y + self.bias
+        return intq.packed_forward(self, x)
 
 
 def convert(linear: nn.Linear, compression, method_options: dict) -> tuple[SparsePackedLinear, float]:

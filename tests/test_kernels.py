@@ -162,6 +162,8 @@ def test_latency_settings_checked_and_dropped_when_off():
         latency.settle({"latency": True, "device": "cpu", "latency_prompt_len": 8, "latency_batch": 2})
     with pytest.raises(ConfigError, match="latency_batch"):
         latency.settle({"latency": True, "device": "cuda", "latency_prompt_len": 8, "latency_batch": 0})
+    with pytest.raises(ConfigError, match="latency_compile"):
+        latency.settle({"latency": True, "device": "cuda", "latency_prompt_len": 8, "latency_batch": 2, "latency_compile": "yes"})
     config = {"latency": False, "latency_prompt_len": 8, "latency_batch": 2, "device": "cpu"}
     latency.settle(config)
     assert config == {"device": "cpu"}  # quality-only runs keep their run ids
@@ -185,6 +187,28 @@ def test_packed_model_computes_the_compressed_model():
     assert not compress.compressible_layers(model)  # every compressed nn.Linear was swapped out
     assert sum(isinstance(m, intq.PackedLinear) for m in model.modules()) == 14
     assert ((model(ids).logits - simulated).norm() / simulated.norm()).item() < 1e-3
+
+
+@torch.no_grad()
+def test_packed_model_compiles_into_one_graph_and_decodes_as_eager():
+    """latency_compile's path on the CPU: torch.compile (inductor) takes the packed model whole
+    (fullgraph: each packed layer is one opaque harness::packed_product, no graph break), and a prefill
+    then one decode step through a static cache give eager's logits."""
+    from harness.methods.rtn import RoundToNearest
+
+    model = models.load_model(TINY, "cpu", torch.float32, 0)
+    compression = Compression(QuantFormat(4, 64, False), None)
+    RoundToNearest().compress(model, compress.compressible_layers(model), compression)
+    kernels.convert(model, compress.compressible_layers(model), intq, compression, {})
+    ids = torch.randint(model.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(1))
+    logits = []
+    for forward in (model, torch.compile(model, dynamic=False, fullgraph=True)):
+        cache = latency.new_cache(model, 24)
+        forward(input_ids=ids, past_key_values=cache, cache_position=torch.arange(16), use_cache=True)
+        position = torch.full((1,), 16)
+        logits.append(forward(input_ids=ids[:, :1], past_key_values=cache, cache_position=position,
+                              position_ids=position.view(1, 1), use_cache=True).logits)
+    assert ((logits[1] - logits[0]).norm() / logits[0].norm()).item() < 1e-5
 
 
 @torch.no_grad()

@@ -112,6 +112,6 @@ def test_converted_model_matches_simulated_and_is_timed():
         through_kernels = model(ids).logits.float()
     assert isinstance(model.model.layers[0].mlp.up_proj, intq.PackedLinear)
     assert ((through_kernels - simulated).norm() / simulated.norm()).item() < 2e-2
-    assert latency_dict["available"] and latency_dict["kernel"] == intq.NAME
+    assert latency_dict["available"] and latency_dict["kernel"] == intq.NAME and latency_dict["compiled"] is True
     assert latency_dict["prefill_ms"] > 0 and set(latency_dict["decode_tokens_per_s"]) == {"1", "4"}
     assert 0 < latency_dict["weight_bytes"] < latency_dict["peak_gpu_bytes"]
