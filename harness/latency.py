@@ -14,7 +14,7 @@ embedding, attention glue and residuals are fused; the CUDA graph then replays t
 Without it, transformers' eager operations are replayed one kernel each (about 3.2 ms a decode step on
 a Llama-3-8B shape, H200: benchmarks/NOTES.md).
 The result is the record's `latency` dict (CONTRACTS: available, reason, kernel, kernel_version,
-device, compiled, prompt_len, prefill_ms, decode_tokens_per_s {"1", "<batch>"}, peak_gpu_bytes,
+device, compiled, compile_error, prompt_len, prefill_ms, decode_tokens_per_s {"1", "<batch>"}, peak_gpu_bytes,
 weight_bytes).
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ def settle(config: dict[str, Any]) -> None:
 def unavailable(reason: str, device: str) -> dict[str, Any]:
     log.warning("latency unavailable: %s", reason)
     return {"available": False, "reason": reason, "kernel": None, "kernel_version": None, "device": device,
-            "compiled": None, "prompt_len": None, "prefill_ms": None, "decode_tokens_per_s": None, "peak_gpu_bytes": None, "weight_bytes": None}
+            "compiled": None, "compile_error": None, "prompt_len": None, "prefill_ms": None, "decode_tokens_per_s": None, "peak_gpu_bytes": None, "weight_bytes": None}
 
 
 def measure_run(model: nn.Module, compression: Compression, method_cfg: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
@@ -78,12 +78,23 @@ def measure_run(model: nn.Module, compression: Compression, method_cfg: dict[str
 
 
 def measure(model: nn.Module, prompt_len: int, batch: int, steps: int = DECODE_STEPS, compiled: bool = True) -> dict[str, Any]:
+    """Prefill, decode and memory, through torch.compile when `compiled`. A model torch.compile cannot
+    take is timed uncompiled instead: `compiled: false` and the error in `compile_error`."""
+    if compiled:
+        try:
+            return {**_timed(model, torch.compile(model, dynamic=False), prompt_len, batch, steps), "compiled": True, "compile_error": None}
+        except Exception as err:  # noqa: BLE001 - any compiler failure; the uncompiled timing still stands
+            log.warning("latency: torch.compile failed (%s: %s); timing the uncompiled model", type(err).__name__, err)
+            error = f"{type(err).__name__}: {err}"[:500]
+    return {**_timed(model, model, prompt_len, batch, steps), "compiled": False, "compile_error": error if compiled else None}
+
+
+def _timed(model: nn.Module, forward: Callable, prompt_len: int, batch: int, steps: int) -> dict[str, Any]:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    forward = torch.compile(model, dynamic=False) if compiled else model
     prefill_ms = prefill_latency_ms(model, prompt_len, forward=forward)
     tokens = {str(b): decode_tokens_per_s(model, b, prompt_len, steps, forward=forward) for b in sorted({1, batch})}
-    return {"compiled": compiled, "prompt_len": prompt_len, "prefill_ms": round(prefill_ms, 3), "decode_tokens_per_s": tokens,
+    return {"prompt_len": prompt_len, "prefill_ms": round(prefill_ms, 3), "decode_tokens_per_s": tokens,
             "peak_gpu_bytes": int(torch.cuda.max_memory_allocated()), "weight_bytes": resident_bytes(model)}
 
 
@@ -145,7 +156,7 @@ def rewind(cache, length: int) -> None:
 def prefill_latency_ms(model: nn.Module, prompt_len: int, repeats: int = 5, forward: Callable | None = None) -> float:
     """Median over `repeats` graph replays of one batch-1 forward of `prompt_len` tokens (through
     `forward`, the model or its compiled form)."""
-    forward = forward or model
+    forward = model if forward is None else forward
     device = next(model.parameters()).device
     cache = new_cache(model, prompt_len)
     ids = torch.randint(model.config.vocab_size, (1, prompt_len), device=device)
@@ -165,7 +176,7 @@ def decode_tokens_per_s(model: nn.Module, batch: int, prompt_len: int, steps: in
     """Greedy decode after a `prompt_len` prompt: batch * steps tokens over the time of `steps` replays
     of the graphed step (argmax and position update inside the graph: no host work between steps);
     each step through `forward` (the model or its compiled form)."""
-    forward = forward or model
+    forward = model if forward is None else forward
     device = next(model.parameters()).device
     cache = new_cache(model, prompt_len + steps + 2)
     prompt = torch.randint(model.config.vocab_size, (batch, prompt_len), device=device)

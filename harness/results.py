@@ -204,7 +204,7 @@ COLUMNS = (
     "stats.bits_per_weight", "stats.compressed_bytes", "stats.dense_bytes", "stats.sparsity",
     "stats.compressed_layers", "stats.compressed_params", "stats.calib_s", "stats.calib_blocks",
     "stats.calib_tokens", "stats.calib_peak_cuda_bytes", "stats.calib_peak_rss_bytes",
-    "latency.available", "latency.reason", "latency.kernel", "latency.kernel_version", "latency.device", "latency.compiled",
+    "latency.available", "latency.reason", "latency.kernel", "latency.kernel_version", "latency.device", "latency.compiled", "latency.compile_error",
     "latency.prompt_len", "latency.prefill_ms", "latency.decode_tokens_per_s.1", "latency.decode_tokens_per_s.16",
     "latency.peak_gpu_bytes", "latency.weight_bytes",
     "timings.prepare_s", "timings.load_s", "timings.compress_s",
