@@ -33,7 +33,7 @@ for stage in "$@"; do
     python3 benchmarks/gemv_profile.py summary "$OUT/gemv_ncu.csv"
     ;;
   record)
-    timeout "${RECORD_S:-90}" python3 -m harness model=tiny-random method=rtn bits=4 group_size=32 latency=true \
+    timeout "${RECORD_S:-240}" python3 -m harness model=tiny-random method=rtn bits=4 group_size=32 latency=true \
       latency_prompt_len=256 device=cuda results_dir=/tmp/records "tasks=[pydoc]" max_eval_tokens=2048 2>&1 | tail -5
     cp /tmp/records/runs/*.json "$OUT/" 2>/dev/null
     python3 -c "import json,glob; [print(json.dumps(json.load(open(p)).get('latency'), indent=1)) for p in glob.glob('/tmp/records/runs/*.json')]"
