@@ -92,8 +92,8 @@ def measure(model: nn.Module, prompt_len: int, batch: int, steps: int = DECODE_S
 def _timed(model: nn.Module, forward: Callable, prompt_len: int, batch: int, steps: int) -> dict[str, Any]:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    prefill_ms = prefill_latency_ms(model, prompt_len, forward=forward)
-    tokens = {str(b): decode_tokens_per_s(model, b, prompt_len, steps, forward=forward) for b in sorted({1, batch})}
+    prefill_ms = prefill_latency_ms(model, forward, prompt_len)
+    tokens = {str(b): decode_tokens_per_s(model, forward, b, prompt_len, steps) for b in sorted({1, batch})}
     return {"prompt_len": prompt_len, "prefill_ms": round(prefill_ms, 3), "decode_tokens_per_s": tokens,
             "peak_gpu_bytes": int(torch.cuda.max_memory_allocated()), "weight_bytes": resident_bytes(model)}
 
@@ -153,10 +153,9 @@ def rewind(cache, length: int) -> None:
 
 
 @torch.no_grad()
-def prefill_latency_ms(model: nn.Module, prompt_len: int, repeats: int = 5, forward: Callable | None = None) -> float:
+def prefill_latency_ms(model: nn.Module, forward: Callable, prompt_len: int, repeats: int = 5) -> float:
     """Median over `repeats` graph replays of one batch-1 forward of `prompt_len` tokens (through
     `forward`, the model or its compiled form)."""
-    forward = model if forward is None else forward
     device = next(model.parameters()).device
     cache = new_cache(model, prompt_len)
     ids = torch.randint(model.config.vocab_size, (1, prompt_len), device=device)
@@ -172,11 +171,10 @@ def prefill_latency_ms(model: nn.Module, prompt_len: int, repeats: int = 5, forw
 
 
 @torch.no_grad()
-def decode_tokens_per_s(model: nn.Module, batch: int, prompt_len: int, steps: int = DECODE_STEPS, forward: Callable | None = None) -> float:
+def decode_tokens_per_s(model: nn.Module, forward: Callable, batch: int, prompt_len: int, steps: int = DECODE_STEPS) -> float:
     """Greedy decode after a `prompt_len` prompt: batch * steps tokens over the time of `steps` replays
     of the graphed step (argmax and position update inside the graph: no host work between steps);
     each step through `forward` (the model or its compiled form)."""
-    forward = model if forward is None else forward
     device = next(model.parameters()).device
     cache = new_cache(model, prompt_len + steps + 2)
     prompt = torch.randint(model.config.vocab_size, (batch, prompt_len), device=device)

@@ -240,10 +240,7 @@ class PackedLinear(nn.Module):
         return (token_bucket(m), self.out_features, self.in_features, self.layout)
 
     def product(self, rows: torch.Tensor) -> torch.Tensor:
-        """rows [M, K] @ W^T: the Triton kernels on CUDA; on the CPU the same function through torch,
-        for tests only (never timed)."""
-        if rows.device.type != "cuda":
-            return rows @ self.dequantized().to(rows.dtype).T
+        """rows [M, K] (CUDA) @ W^T through the Triton kernels."""
         return matmul(rows, self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -265,8 +262,12 @@ def register(layer: nn.Module) -> int:
 def packed_product(rows: torch.Tensor, layer_id: int) -> torch.Tensor:
     """A packed layer's product (its `product`) as one operator that torch.compile does not trace
     into: it fuses the operations around the layer and leaves the Triton launch and its tuning to the
-    layer. Shared by the Triton backends."""
-    return _LAYERS[layer_id].product(rows)
+    layer. Shared by the Triton backends; on the CPU it is the same function through torch, for tests
+    only (never timed)."""
+    layer = _LAYERS[layer_id]
+    if rows.device.type != "cuda":
+        return rows @ layer.dequantized().to(rows.dtype).T
+    return layer.product(rows)
 
 
 @packed_product.register_fake
@@ -601,10 +602,11 @@ def sum_splits(out: torch.Tensor, split: int, m: int, n: int) -> torch.Tensor:
     return y
 
 
-def candidates(m: int) -> list[tuple[str, tuple]]:
-    """Launches to time for m tokens. Up to GEMV_MAX_TOKENS, the GEMV (one program column per token,
-    the weights re-read from L2) competes with the tensor-core GEMM."""
-    gemv = [("gemv", c) for c in GEMV_CONFIGS]
+def candidates(m: int, gemv_configs: list[tuple] = GEMV_CONFIGS) -> list[tuple[str, tuple]]:
+    """Launches to time for m tokens (a backend passes its own GEMV configurations). Up to
+    GEMV_MAX_TOKENS, the GEMV (one program column per token, the weights re-read from L2) competes with
+    the tensor-core GEMM; from DEQUANT_MIN_TOKENS, dequantize + cuBLAS competes with it."""
+    gemv = [("gemv", c) for c in gemv_configs]
     if m <= 4:
         return gemv
     if m < DEQUANT_MIN_TOKENS:

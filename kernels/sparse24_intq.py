@@ -143,10 +143,7 @@ class SparsePackedLinear(nn.Module):
         return (intq.token_bucket(m), NAME, self.out_features, self.in_features, self.layout)
 
     def product(self, rows: torch.Tensor) -> torch.Tensor:
-        """rows [M, K] @ W^T: the Triton kernels on CUDA; on the CPU the same function through torch,
-        for tests only (never timed)."""
-        if rows.device.type != "cuda":
-            return rows @ self.dequantized().to(rows.dtype).T
+        """rows [M, K] (CUDA) @ W^T through the Triton kernels."""
         rows = rows.to(torch.bfloat16).contiguous()
         return intq.tuned_call(self.tuning_key(rows.shape[0]), candidates(rows.shape[0]), lambda kind, config: _run(kind, config, rows, self))
 
@@ -324,11 +321,5 @@ def _run(kind: str, config: tuple, x: torch.Tensor, layer: SparsePackedLinear) -
 
 
 def candidates(m: int) -> list[tuple[str, tuple]]:
-    """intq's choice of launches: the GEMV up to GEMV_MAX_TOKENS, the tensor-core GEMM from 5 tokens,
-    dequantize + cuBLAS from DEQUANT_MIN_TOKENS, with this backend's configurations."""
-    gemv = [("gemv", c) for c in GEMV_CONFIGS]
-    if m <= 4:
-        return gemv
-    if m < intq.DEQUANT_MIN_TOKENS:
-        return (gemv if m <= intq.GEMV_MAX_TOKENS else []) + [("gemm", c) for c in intq.GEMM_SMALL]
-    return [("gemm", c) for c in intq.GEMM_LARGE] + [("dequant", c) for c in intq.DEQUANT_CHUNKS]
+    """intq's choice of launches, with this backend's GEMV configurations."""
+    return intq.candidates(m, GEMV_CONFIGS)
