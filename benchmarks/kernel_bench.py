@@ -182,6 +182,13 @@ def markdown(rows, e2e, bandwidth) -> str:
     return "\n".join(lines)
 
 
+def on_off_list(text: str) -> list[bool]:
+    words = text.split(",")
+    if not words or set(words) - {"on", "off"}:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected off, on or off,on")
+    return [w == "on" for w in words]
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ints = lambda s: [int(v) for v in s.split(",")]
@@ -193,7 +200,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--no-e2e", action="store_true")
     parser.add_argument("--no-layers", action="store_true")
-    parser.add_argument("--e2e-compile", type=lambda s: [v == "on" for v in s.split(",")], default=[False, True],
+    parser.add_argument("--e2e-compile", type=on_off_list, default=[False, True],
                         help="off, on or off,on: end to end without and/or with torch.compile")
     parser.add_argument("--no-two-four", action="store_true", help="end to end without the 2:4 variants")
     parser.add_argument("--out", default=None, help="write the markdown tables here")
