@@ -1,8 +1,10 @@
 """Old vs new integer GEMV side by side, one GPU call: KERNEL_VERSION 2 (frozen in benchmarks/intq_v2.py)
 and the current kernels/intq.py on the same codes, scales and offsets, next to the bf16 cuBLAS layer, at
-the Llama-3-8B layer shapes and 1 and 16 tokens.
+the Llama-3-8B layer shapes and 1 and 16 tokens. At batch 1 it also times the v3 GEMV alone in each
+configuration of intq.GEMV_CONFIGS and of --configs (BN, TT, warps; tried here before joining the tuner's set).
 
     python benchmarks/gemv_bench.py [--bits 4,3,2] [--tokens 1,16] [--group-size 128] [--out FILE]
+        [--configs "16,32,4;8,32,2"]
 
 Each call is the layer as the model runs it (the tuned choice of each version, shown; at 16 tokens the
 tuners may pick their tensor-core GEMM). Timing as benchmarks/kernel_bench.py: each side captured in a
@@ -48,14 +50,16 @@ def random_layer(module, bits: int, n: int, k: int, group: int, seed: int):
 
 
 def compile_candidates(task) -> str:
-    """Worker: launch every candidate of one (version, bits, shape) once per token count (compiles it)."""
-    version, bits, n, k, group, tokens = task
+    """Worker: launch every candidate of one (version, bits, shape) once per token count (compiles it),
+    and v3's extra GEMV configurations at one token."""
+    version, bits, n, k, group, tokens, extra = task
     module = VERSIONS[version]
     layer = random_layer(module, bits, n, k, group, 0)
     start = time.time()
     for m in tokens:
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        for choice in module.candidates(m):
+        more = [("gemv", c) for c in extra] if version == "v3" and m == 1 else []
+        for choice in module.candidates(m) + more:
             try:
                 module._run(*choice, x, layer)
             except triton.runtime.errors.OutOfResources:
@@ -65,7 +69,7 @@ def compile_candidates(task) -> str:
 
 
 def precompile(args) -> None:
-    tasks = [(v, b, n, k, args.group_size, args.tokens) for n, k in SHAPES for b in args.bits for v in VERSIONS]
+    tasks = [(v, b, n, k, args.group_size, args.tokens, args.configs) for n, k in SHAPES for b in args.bits for v in VERSIONS]
     start = time.time()
     with mp.get_context("spawn").Pool(min(len(tasks), os.cpu_count() or 1)) as pool:
         for line in pool.imap_unordered(compile_candidates, tasks):
@@ -121,7 +125,7 @@ def table(args) -> list[str]:
                     choice[v] = VERSIONS[v].tuned_choice(m, layer)
                 if m == 1:  # every v3 GEMV configuration, for choosing the candidate set
                     per_config = []
-                    for config in intq.GEMV_CONFIGS:
+                    for config in intq.GEMV_CONFIGS + args.configs:
                         t = graph_time_us([lambda lay=lay, c=config: intq._run("gemv", c, x, lay) for lay in copies["v3"]])
                         per_config.append(f"{config} {t:.1f}")
                     print(f"  v3 GEMV configs, {n}x{k} W{bits} M=1, us: " + "; ".join(per_config), flush=True)
@@ -140,9 +144,11 @@ def table(args) -> list[str]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ints = lambda s: [int(v) for v in s.split(",")]
+    configs = lambda s: [tuple(ints(c)) for c in s.split(";") if c]
     parser.add_argument("--bits", type=ints, default=[4, 3, 2])
     parser.add_argument("--tokens", type=ints, default=[1, 16])
     parser.add_argument("--group-size", type=int, default=128)
+    parser.add_argument("--configs", type=configs, default=[], help="more GEMV configurations to time at batch 1")
     parser.add_argument("--no-precompile", action="store_true")
     parser.add_argument("--out", default=None, help="write the markdown table here")
     args = parser.parse_args(argv)

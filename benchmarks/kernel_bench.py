@@ -2,7 +2,7 @@
 decode of a Llama-3-8B-shaped model (real shapes, random weights) per backend.
 
     python benchmarks/kernel_bench.py [--tokens 1,16,2048] [--bits 4,3,2,8] [--e2e-bits 4,3,2] [--no-layers] [--no-e2e]
-        [--e2e-compile off,on] [--no-two-four]
+        [--e2e-compile off,on] [--no-two-four] [--e2e-profile]
 
 Layer timings: y = x W^T; each side captured in a CUDA graph of many calls and replayed
 (triton.testing.do_bench, median), calls cycling through enough copies of the layer that the weights do
@@ -12,6 +12,9 @@ the start (bytes read + written). Every row also states the relative error of it
 float32 product with the dequantized weights (the simulated-compression reference).
 End to end: harness.latency's graphed prefill and decode (static KV cache) on the converted model, with
 the model's eager operations replayed (compile off) and/or through torch.compile first (on).
+--e2e-profile adds where a batch-1 decode step's GPU time goes: the step run eagerly (not graphed; the
+same kernels) under torch.profiler, kernel time per step by kind, next to the graphed step's time
+(their difference: gaps between kernels, which the graph does not remove).
 """
 from __future__ import annotations
 
@@ -139,6 +142,7 @@ def end_to_end(args) -> list[dict]:
         variants += [("2:4", None, SparsityPattern(0.5, 2, 4)), (f"2:4+w4g{args.group_size}", QuantFormat(4, args.group_size, False), SparsityPattern(0.5, 2, 4))]
     rows = []
     for (name, fmt, pattern), compiled in itertools.product(variants, args.e2e_compile):
+        torch._dynamo.reset()  # each variant compiles afresh: the last one's entries would count against the recompile limit
         try:
             model = llama(0)
             layers = compress.compressible_layers(model)
@@ -159,6 +163,10 @@ def end_to_end(args) -> list[dict]:
             result = latency.measure(model, args.prompt_len, 16, steps=args.steps, compiled=compiled)
             tps = result["decode_tokens_per_s"]
             rows.append(dict(name=name, kernel=kernels.kernel_name(backend)[0], **result))
+            if args.e2e_profile:
+                forward = torch.compile(model, dynamic=False) if result["compiled"] else model
+                kinds, top = profile_step(model, forward, args.prompt_len)
+                rows[-1]["profile"] = print_profile(name, result["compiled"], kinds, top, 1e6 / tps["1"])
             print(f"e2e {name:>8} compile {'on ' if compiled else 'off'} ({time.time() - start:.0f} s): prefill {result['prefill_ms']:.1f} ms  decode b1 {tps['1']:.1f} tok/s  b16 {tps['16']:.1f} tok/s  "
                   f"weights {result['weight_bytes'] / 1e9:.2f} GB  peak {result['peak_gpu_bytes'] / 1e9:.2f} GB  (convert {convert_s:.0f} s)", flush=True)
         except Exception:
@@ -167,6 +175,51 @@ def end_to_end(args) -> list[dict]:
         model = None
         torch.cuda.empty_cache()
     return rows
+
+
+# Kernel kinds of a decode step, by kernel name (first match)
+KINDS = [("packed linears (ours)", r"_gemv_kernel|_gemm_kernel|_dequant_kernel|_sum_splits_kernel"),
+         ("cuBLAS / cuSPARSELt / bitsandbytes (bf16 linears, lm_head)", r"gemv|gemm|nvjet|sm90_xmma|cutlass|cusparse|kgemm|kdequant"),
+         ("attention", r"flash|fmha|attention|sdpa"),
+         ("inductor fused (norms, rotary, residuals, argmax)", r"^triton_"),
+         ("other", r".")]
+
+
+@torch.no_grad()
+def profile_step(model, forward, prompt_len: int, repeats: int = 8) -> tuple[dict[str, tuple[float, float]], list[tuple[str, float]]]:
+    """Per batch-1 decode step: {kind: (kernel us, kernels)} and the 8 costliest kernels (us a step)."""
+    import re
+
+    step, _ = latency.decode_step(model, forward, 1, prompt_len, steps=2 * repeats + 4)
+    step()
+    step()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            step()
+        torch.cuda.synchronize()
+    kinds = {kind: [0.0, 0.0] for kind, _ in KINDS}
+    per_kernel = []
+    for event in prof.key_averages():
+        us = event.device_time_total / repeats
+        if us <= 0 or event.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        kind = next(k for k, pattern in KINDS if re.search(pattern, event.key))
+        kinds[kind][0] += us
+        kinds[kind][1] += event.count / repeats
+        per_kernel.append((event.key[:90], us))
+    return {k: tuple(v) for k, v in kinds.items()}, sorted(per_kernel, key=lambda kv: -kv[1])[:8]
+
+
+def print_profile(name: str, compiled: bool, kinds: dict, top: list, step_us: float) -> list[str]:
+    total = sum(us for us, _ in kinds.values())
+    lines = [f"| {name} | {'on' if compiled else 'off'} | {kind} | {us:.0f} | {count:.0f} |" for kind, (us, count) in kinds.items()]
+    lines.append(f"| {name} | {'on' if compiled else 'off'} | all kernels / graphed step / gaps | {total:.0f} / {step_us:.0f} / {step_us - total:.0f} | "
+                 f"{sum(c for _, c in kinds.values()):.0f} |")
+    print("\n".join(lines), flush=True)
+    for key, us in top:
+        print(f"    {us:8.1f} us  {key}", flush=True)
+    return lines
 
 
 def markdown(rows, e2e, bandwidth) -> str:
@@ -179,6 +232,10 @@ def markdown(rows, e2e, bandwidth) -> str:
         for r in e2e:
             t = r["decode_tokens_per_s"]
             lines.append(f"| {r['name']} | {r['kernel']} | {'on' if r['compiled'] else 'off'} | {r['prefill_ms']:.1f} | {t['1']:.1f} | {t['16']:.1f} | {r['weight_bytes'] / 1e9:.2f} | {r['peak_gpu_bytes'] / 1e9:.2f} |")
+        profiles = [line for r in e2e for line in r.get("profile", [])]
+        if profiles:
+            lines += ["", "Batch-1 decode step, GPU time by kernel kind (us a step; kernels a step):", "",
+                      "| model | compile | kind | us | kernels |", "|---|---|---|---|---|"] + profiles
     return "\n".join(lines)
 
 
@@ -203,6 +260,7 @@ def main(argv=None) -> None:
     parser.add_argument("--e2e-compile", type=on_off_list, default=[False, True],
                         help="off, on or off,on: end to end without and/or with torch.compile")
     parser.add_argument("--no-two-four", action="store_true", help="end to end without the 2:4 variants")
+    parser.add_argument("--e2e-profile", action="store_true", help="where a batch-1 decode step's GPU time goes")
     parser.add_argument("--out", default=None, help="write the markdown tables here")
     args = parser.parse_args(argv)
     bandwidth = copy_bandwidth()

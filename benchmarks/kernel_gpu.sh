@@ -3,7 +3,7 @@
 # line, each under its own time limit so that one slow stage cannot take the others' output:
 #   tests    tests/test_kernels_gpu.py (TESTS_K: a -k selection)    layers   the layer sweep of benchmarks/kernel_bench.py
 #   e2e      end-to-end decode (E2E_BITS; E2E_FLAGS: more kernel_bench flags)    record   one `python -m harness ... latency=true` run
-#   gemv     old (v2) vs new GEMV, benchmarks/gemv_bench.py (GEMV_BITS, GEMV_TOKENS)
+#   gemv     old (v2) vs new GEMV, benchmarks/gemv_bench.py (GEMV_BITS, GEMV_TOKENS; GEMV_CONFIGS: more to time)
 #   sass     SASS instructions per weight, benchmarks/kernel_sass.py (no GPU needed; here for the record)
 #   ncu      Nsight Compute --set full on the batch-1 GEMV at 14336x4096 W4/W3/W2 (new, then v2), summarized
 # Carried: .whl/ (hydra-core, omegaconf, antlr4: the image lacks them) and .device/pylib (bitsandbytes,
@@ -23,7 +23,7 @@ for stage in "$@"; do
   tests)  timeout "${TESTS_S:-170}" python3 -m pytest -q -x tests/test_kernels_gpu.py -k "${TESTS_K:-}" 2>&1 | tail -25 ;;
   layers) timeout "${LAYERS_S:-260}" python3 benchmarks/kernel_bench.py --no-e2e --out "$OUT/layers.md" ;;
   e2e)    timeout "${E2E_S:-200}" python3 benchmarks/kernel_bench.py --no-layers --e2e-bits "${E2E_BITS:-4,3,2}" ${E2E_FLAGS:-} --out "$OUT/e2e.md" ;;
-  gemv)   timeout "${GEMV_S:-330}" python3 benchmarks/gemv_bench.py --bits "${GEMV_BITS:-4,3,2}" --tokens "${GEMV_TOKENS:-1,16}" --out "$OUT/gemv.md" ;;
+  gemv)   timeout "${GEMV_S:-330}" python3 benchmarks/gemv_bench.py --bits "${GEMV_BITS:-4,3,2}" --tokens "${GEMV_TOKENS:-1,16}" --configs "${GEMV_CONFIGS:-}" --out "$OUT/gemv.md" ;;
   sass)   timeout "${SASS_S:-120}" python3 benchmarks/kernel_sass.py --bits 4,3,2 --two-four > "$OUT/sass.md"; cat "$OUT/sass.md" ;;
   ncu)
     NCU=${NCU:-$(command -v ncu || ls -d /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -1)}

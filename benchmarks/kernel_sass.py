@@ -125,8 +125,7 @@ def new_kernel(bits: int, n: int, k: int, group: int, config: tuple):
     layout = intq.Layout.of(bits, k, group)
     grid, meta, warps = intq.gemv_launch(config, layout, n, 1)
     pdt = "fp32" if bits == 8 else "fp16"
-    out = ptr("fp32" if meta[-1] else "bf16")
-    args = [ptr("bf16"), ptr("i32"), ptr(pdt), ptr(pdt), out, n, k, layout.tiles, layout.groups, layout.tiles_per_group, k,
+    args = [ptr("bf16"), ptr("i32"), ptr(pdt), ptr(pdt), ptr("bf16"), ptr("fp32"), ptr("i32"), n, k, layout.tiles, layout.groups, layout.tiles_per_group, k,
             intq.MANTISSA_ONE] + [("const", v) for v in meta]
     bn, tt, _ = config
     per_iter = bn * tt * layout.tile / (32 * warps)
@@ -138,7 +137,7 @@ def two_four_kernel(bits: int, n: int, k: int, group: int, config: tuple):
     grid, meta, warps = sparse24_intq.gemv_launch(config, bits, n, k, group, 1)
     padded, slices, per_group = sparse24_intq.slicing(k, group)
     pdt = "fp32" if bits == 8 else "fp16"
-    args = [ptr("bf16"), ptr("i32"), ptr("i32"), ptr(pdt), ptr(pdt), ptr("fp32" if meta[-1] else "bf16"), n, k, ("unspecialized", slices),
+    args = [ptr("bf16"), ptr("i32"), ptr("i32"), ptr(pdt), ptr(pdt), ptr("bf16"), ptr("fp32"), ptr("i32"), n, k, ("unspecialized", slices),
             padded // (per_group * sparse24_intq.SLICE), k, intq.MANTISSA_ONE] + [("const", v) for v in meta]
     bn, ts, _ = config
     per_iter = bn * ts * sparse24_intq.SLICE / (32 * warps)

@@ -82,7 +82,10 @@ def measure(model: nn.Module, prompt_len: int, batch: int, steps: int = DECODE_S
     take is timed uncompiled instead: `compiled: false` and the error in `compile_error`."""
     if compiled:
         try:
-            return {**_timed(model, torch.compile(model, dynamic=False), prompt_len, batch, steps), "compiled": True, "compile_error": None}
+            # dynamo runs a frame eagerly, silently, once it has compiled it recompile_limit times (each
+            # new shape or model is one): a timing so taken is not compiled, so that fails here instead
+            with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+                return {**_timed(model, torch.compile(model, dynamic=False), prompt_len, batch, steps), "compiled": True, "compile_error": None}
         except Exception as err:  # noqa: BLE001 - any compiler failure; the uncompiled timing still stands
             log.warning("latency: torch.compile failed (%s: %s); timing the uncompiled model", type(err).__name__, err)
             error = f"{type(err).__name__}: {err}"[:500]
@@ -171,10 +174,11 @@ def prefill_latency_ms(model: nn.Module, forward: Callable, prompt_len: int, rep
 
 
 @torch.no_grad()
-def decode_tokens_per_s(model: nn.Module, forward: Callable, batch: int, prompt_len: int, steps: int = DECODE_STEPS) -> float:
-    """Greedy decode after a `prompt_len` prompt: batch * steps tokens over the time of `steps` replays
-    of the graphed step (argmax and position update inside the graph: no host work between steps);
-    each step through `forward` (the model or its compiled form)."""
+def decode_step(model: nn.Module, forward: Callable, batch: int, prompt_len: int, steps: int = DECODE_STEPS) -> tuple[Callable[[], None], Callable[[], None]]:
+    """(step, restart) for greedy decoding after a random `prompt_len` prompt (already prefilled):
+    step feeds the last tokens through `forward` (the model or its compiled form) into a static cache
+    with room for `steps` more, takes the argmax and advances the position, all on the GPU (no host
+    work, so it can be graphed); restart puts the cache and position back to the prompt's end."""
     device = next(model.parameters()).device
     cache = new_cache(model, prompt_len + steps + 2)
     prompt = torch.randint(model.config.vocab_size, (batch, prompt_len), device=device)
@@ -184,12 +188,22 @@ def decode_tokens_per_s(model: nn.Module, forward: Callable, batch: int, prompt_
 
     def step():
         logits = forward(input_ids=token, past_key_values=cache, cache_position=position,
-                       position_ids=position.view(1, 1).expand(batch, 1), use_cache=True).logits
+                         position_ids=position.view(1, 1).expand(batch, 1), use_cache=True).logits
         token.copy_(logits[:, -1:].argmax(-1))
         position.add_(1)
 
+    def restart():
+        position.fill_(prompt_len)
+        rewind(cache, prompt_len)
+
+    return step, restart
+
+
+@torch.no_grad()
+def decode_tokens_per_s(model: nn.Module, forward: Callable, batch: int, prompt_len: int, steps: int = DECODE_STEPS) -> float:
+    """Greedy decode: batch * steps tokens over the time of `steps` replays of the graphed decode_step."""
+    step, restart = decode_step(model, forward, batch, prompt_len, steps)
     step()  # eager: tunes and compiles every kernel for this batch
     replay = graphed(step)
-    position.fill_(prompt_len)
-    rewind(cache, prompt_len)
+    restart()
     return batch * steps / (elapsed_ms(replay, steps) / 1e3)

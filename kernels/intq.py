@@ -63,7 +63,7 @@ except ImportError:  # pragma: no cover - CI installs triton; a bare CPU machine
     triton = None
 
 NAME = "triton-intq"
-KERNEL_VERSION = "3"
+KERNEL_VERSION = "4"
 SUPPORTED_BITS = (2, 3, 4, 8)
 REFITS = 2
 
@@ -219,6 +219,7 @@ class PackedLinear(nn.Module):
         self.register_buffer("scale", nn.functional.pad(scale, (0, pad)).to(layout.param_dtype).contiguous())
         self.register_buffer("offset", nn.functional.pad(offset, (0, pad)).to(layout.param_dtype).contiguous())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.register_buffer("gemv_locks", gemv_locks(self.out_features, codes.device), persistent=False)
         self.layer_id = register(self)
 
     @classmethod
@@ -285,15 +286,26 @@ def convert(linear: nn.Linear, compression, method_options: dict) -> tuple[Packe
     return PackedLinear.from_linear(linear, compression.quant.bits, compression.quant.group_size)
 
 
+def concatenate(layers: list[PackedLinear]) -> PackedLinear | None:
+    """One layer (no bias) computing `layers` side by side, their rows stacked; None where their
+    layouts differ. Rows are packed independently, so it holds exactly their codes, scales and offsets."""
+    layout = layers[0].layout
+    if any(layer.layout != layout for layer in layers):
+        return None
+    stacked = lambda name: torch.cat([getattr(layer, name) for layer in layers])
+    codes = torch.cat([unpack_codes(layer.qweight, layout) for layer in layers])
+    return PackedLinear(codes, stacked("scale"), stacked("offset"), layout)
+
+
 # ---------------------------------------------------------------- Triton kernels
 
 if triton is not None:
 
     @triton.jit
-    def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, N, K, T, n_groups, tiles_per_group, stride_xm, one,
+    def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, out_ptr, part_ptr, lock_ptr, N, K, T, n_groups, tiles_per_group, stride_xm, one,
                      P: tl.constexpr, WORDS: tl.constexpr, BN: tl.constexpr, TT: tl.constexpr,
                      ITERS: tl.constexpr, EVEN: tl.constexpr, MASK_K: tl.constexpr, ONE_GROUP: tl.constexpr,
-                     PARTIAL: tl.constexpr):
+                     SPLITS: tl.constexpr):
         """y[m, rows] for BN rows over ITERS chunks of TT tiles (this program's split of K).
 
         Every tensor is [TT tiles, BN rows, WORDS lanes], x, s and b included (their pointers broadcast
@@ -307,12 +319,6 @@ if triton is not None:
         masking a field and OR-ing in an exponent stays one LOP3 (two immediates would take two)."""
         pid_n, split, m = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         TILE: tl.constexpr = 32 * WORDS
-        F: tl.constexpr = 10 if P == 3 else 32 // P  # whole fields a word
-        SLOTS: tl.constexpr = 11 if P == 3 else F  # 3 bits: slot 10 is the spare bits 30-31
-        G: tl.constexpr = 10 // P + 1  # fields one shift can bring to usable positions (d = 0, P, .. <= 10)
-        HI: tl.constexpr = 23 - P  # a field at mantissa bits HI .. 22 has d = 0
-        LO_F: tl.constexpr = (HI - 10 + P - 1) // P  # fields LO_F .. HI_F-1 are usable where they are
-        HI_F: tl.constexpr = HI // P + 1
         rows = (pid_n * BN + tl.arange(0, BN))[None, :, None]
         rows_in = rows if EVEN else tl.minimum(rows, N - 1)
         lane = tl.arange(0, WORDS)[None, None, :]
@@ -328,37 +334,7 @@ if triton is not None:
             xs = tl.zeros([TT, BN, WORDS], tl.float32)  # sum of x (the same in every row)
             for c in tl.static_range(P):
                 word = tl.load(w_ptr + w_off + c * T * WORDS)
-                for f in tl.static_range(SLOTS):
-                    # fields LO_F .. HI_F-1 stay where they are; the others go in runs of G, counted away
-                    # from those, each run shifted so that its field nearest them lands at HI (below) or
-                    # its farthest at HI (above); equal shifts of one word are computed once (the
-                    # compiler merges them)
-                    below = LO_F - 1 - (LO_F - 1 - f) // G * G
-                    above = HI_F + (f - HI_F) // G * G + G - 1
-                    top = below if f < LO_F else (above if above < SLOTS else SLOTS - 1)
-                    shift = 0 if (f >= LO_F) & (f < HI_F) else HI - top * P
-                    shifted = word << shift if shift >= 0 else word >> -shift
-                    if f < F:
-                        pos = f * P + shift
-                        xv = _x_field(x_row, k0, c * F + f, K, WORDS, MASK_K)
-                        v = ((shifted & (((1 << P) - 1) << pos)) | (one + ((23 - pos) << 23))).to(tl.float32, bitcast=True)
-                        qx += v * xv
-                        ys += xv * (1 << (23 - pos))
-                        xs += xv
-                    elif f < SLOTS:  # 3 bits, the spare bits 30-31, now at 20-21
-                        if c < 2:  # bits 0-1 of column 30 (word 0) or 31 (word 1): 8 + q mod 4
-                            xv = _x_field(x_row, k0, 30 + c, K, WORDS, MASK_K)
-                            v = ((shifted & (3 << 20)) | (one + (3 << 23))).to(tl.float32, bitcast=True)
-                            qx += v * xv
-                            ys += xv * 8
-                            xs += xv
-                        else:  # bit 2 of columns 30 and 31 (word 2): 32 + 4 hi and 16 + 4 hi
-                            x30 = _x_field(x_row, k0, 30, K, WORDS, MASK_K)
-                            x31 = _x_field(x_row, k0, 31, K, WORDS, MASK_K)
-                            hi30 = ((shifted & (1 << 20)) | (one + (5 << 23))).to(tl.float32, bitcast=True)
-                            hi31 = ((shifted & (1 << 21)) | (one + (4 << 23))).to(tl.float32, bitcast=True)
-                            qx += hi30 * x30 + hi31 * x31
-                            ys += x30 * 32 + x31 * 16
+                qx, ys, xs = _word_sums(word, x_row, k0, c, qx, ys, xs, K, one, P, WORDS, MASK_K)
             gi = rows_in * n_groups + (t_in * 0 if ONE_GROUP else t_in // tiles_per_group) + lane * 0  # per channel: no division
             s = tl.load(s_ptr + gi).to(tl.float32)
             b = tl.load(b_ptr + gi).to(tl.float32)
@@ -367,16 +343,74 @@ if triton is not None:
                 b = tl.where(t < T, b, 0.0)
             acc += s * (qx - ys) + b * xs
         y = tl.sum(tl.sum(acc, axis=2), axis=0)
-        _store_rows(out_ptr, y, pid_n, split, m, N, BN, PARTIAL)
+        _store_rows(out_ptr, part_ptr, lock_ptr, y, pid_n, split, m, N, BN, SPLITS)
 
     @triton.jit
-    def _store_rows(out_ptr, y, pid_n, split, m, N, BN: tl.constexpr, PARTIAL: tl.constexpr):
-        """A GEMV program's BN outputs of token m: float32 partials of its split, or the bf16 result."""
+    def _word_sums(word, x_row, k0, c, qx, ys, xs, K, one, P: tl.constexpr, WORDS: tl.constexpr, MASK_K: tl.constexpr):
+        """qx, ys, xs (see _gemv_kernel) plus word c's fields times their x values (c compile-time: every
+        word is unrolled. A run-time loop over the words, tried on 2026-12-02, keeps a copy of ys and xs
+        a row, which the unrolled code shares: 4.6 instructions a weight against 2.9-3.2 in SASS, W4)."""
+        F: tl.constexpr = 10 if P == 3 else 32 // P  # whole fields a word
+        SLOTS: tl.constexpr = 11 if P == 3 else F  # 3 bits: slot 10 is the spare bits 30-31
+        G: tl.constexpr = 10 // P + 1  # fields one shift can bring to usable positions (d = 0, P, .. <= 10)
+        HI: tl.constexpr = 23 - P  # a field at mantissa bits HI .. 22 has d = 0
+        LO_F: tl.constexpr = (HI - 10 + P - 1) // P  # fields LO_F .. HI_F-1 are usable where they are
+        HI_F: tl.constexpr = HI // P + 1
+        for f in tl.static_range(SLOTS):
+            # fields LO_F .. HI_F-1 stay where they are; the others go in runs of G, counted away
+            # from those, each run shifted so that its field nearest them lands at HI (below) or
+            # its farthest at HI (above); equal shifts of one word are computed once (the
+            # compiler merges them)
+            below = LO_F - 1 - (LO_F - 1 - f) // G * G
+            above = HI_F + (f - HI_F) // G * G + G - 1
+            top = below if f < LO_F else (above if above < SLOTS else SLOTS - 1)
+            shift = 0 if (f >= LO_F) & (f < HI_F) else HI - top * P
+            shifted = word << shift if shift >= 0 else word >> -shift
+            if f < F:
+                pos = f * P + shift
+                xv = _x_field(x_row, k0, c * F + f, K, WORDS, MASK_K)
+                v = ((shifted & (((1 << P) - 1) << pos)) | (one + ((23 - pos) << 23))).to(tl.float32, bitcast=True)
+                qx += v * xv
+                ys += xv * (1 << (23 - pos))
+                xs += xv
+            elif f < SLOTS:  # 3 bits, the spare bits 30-31, now at 20-21
+                if c < 2:  # bits 0-1 of column 30 (word 0) or 31 (word 1): 8 + q mod 4
+                    xv = _x_field(x_row, k0, 30 + c, K, WORDS, MASK_K)
+                    v = ((shifted & (3 << 20)) | (one + (3 << 23))).to(tl.float32, bitcast=True)
+                    qx += v * xv
+                    ys += xv * 8
+                    xs += xv
+                else:  # bit 2 of columns 30 and 31 (word 2): 32 + 4 hi and 16 + 4 hi
+                    x30 = _x_field(x_row, k0, 30, K, WORDS, MASK_K)
+                    x31 = _x_field(x_row, k0, 31, K, WORDS, MASK_K)
+                    hi30 = ((shifted & (1 << 20)) | (one + (5 << 23))).to(tl.float32, bitcast=True)
+                    hi31 = ((shifted & (1 << 21)) | (one + (4 << 23))).to(tl.float32, bitcast=True)
+                    qx += hi30 * x30 + hi31 * x31
+                    ys += x30 * 32 + x31 * 16
+        return qx, ys, xs
+
+    @triton.jit
+    def _store_rows(out_ptr, part_ptr, lock_ptr, y, pid_n, split, m, N, BN: tl.constexpr, SPLITS: tl.constexpr):
+        """A GEMV program's BN outputs of token m, as bf16. With K split over SPLITS programs, each stores
+        its float32 partial and counts itself in its (token, row block)'s lock; the last to arrive adds
+        the partials in split order (so the result does not depend on who finishes first), writes the
+        bf16 rows and resets the lock for the next launch: no second kernel launch for the sum.
+        Ordering: the barrier puts every thread's partial before the count's release (one thread does
+        the atomic, acq_rel at GPU scope); the last program's loads come after its acquire and bypass L1."""
         rows = pid_n * BN + tl.arange(0, BN)
-        if PARTIAL:
-            tl.store(out_ptr + (split * tl.num_programs(2) + m) * N + rows, y, mask=rows < N)
-        else:
+        if SPLITS == 1:
             tl.store(out_ptr + m * N + rows, y.to(tl.bfloat16), mask=rows < N)
+        else:
+            tokens = tl.num_programs(2)
+            tl.store(part_ptr + (split * tokens + m) * N + rows, y, mask=rows < N)
+            tl.debug_barrier()
+            lock = lock_ptr + m * tl.num_programs(0) + pid_n
+            if tl.atomic_add(lock, 1, sem="acq_rel") == SPLITS - 1:
+                total = tl.zeros([BN], tl.float32)
+                for s in range(SPLITS):
+                    total += tl.load(part_ptr + (s * tokens + m) * N + rows, mask=rows < N, other=0.0, cache_modifier=".cg")
+                tl.store(out_ptr + m * N + rows, total.to(tl.bfloat16), mask=rows < N)
+                tl.atomic_xchg(lock, 0)
 
     @triton.jit
     def _x_field(x_row, k0, j, K, WORDS: tl.constexpr, MASK_K: tl.constexpr):
@@ -488,22 +522,24 @@ if triton is not None:
 # ---------------------------------------------------------------- launching and tuning
 
 GEMV_MAX_TOKENS = 16
+GEMV_MIN_ROWS = 8  # the smallest BN a GEMV configuration may have (sizes the split-K locks)
 DEQUANT_MIN_TOKENS = 256  # from here on, dequantize + cuBLAS is also tried
 MULTIPROCESSORS = 132  # H200
 # Programs wanted in flight: the GEMV keeps bytes in flight with many light programs a multiprocessor
 GEMV_PROGRAMS = 8 * MULTIPROCESSORS
 # (BN, TT, num_warps) for the GEMV: a warp spans min(TT, 32) tiles and 32 / TT rows, so a thread holds
 # BN * TT / (32 * num_warps) rows (8; 16 in (64, 32, 4): 255 registers, no spills, 9% fewer instructions
-# a weight; 4 in the last, one warp over 8 tiles, which makes the most programs for small layers), each x
-# value it loads serving all of them. Every configuration compiles to a large
-# unrolled kernel (1.5-3 s each on a CPU), so the set stays small;
+# a weight; 4 in (16, 8, 1), one warp over 8 tiles; 4 in (8, 32, 2), the fastest at 1024x4096 on an
+# H100, 2026-12-02, where fewer rows a thread were slower at the large shapes), each x value it loads
+# serving all of them. Every configuration compiles to a large unrolled kernel (1.5-3 s each on a CPU),
+# so the set stays small;
 # (BM, BN, num_warps, num_stages, programs wanted a multiprocessor) for the GEMM: K is split until the
 # grid has that many programs. A few tokens read as many weight bytes as one, so they need a GEMV's
 # bytes in flight (8-16 programs a multiprocessor: 55 us at 14336x4096 W4 M=16 with 4, H200, 2026-12-02);
 # prefill needs only a few waves.
 # ("dequant", (MiB,)): dequantize + cuBLAS in row chunks of about MiB of bf16 (0: the whole layer at once),
 # so that cuBLAS reads each chunk while it is still in L2 (50 MB)
-GEMV_CONFIGS = [(32, 32, 4), (64, 16, 4), (32, 16, 2), (64, 32, 4), (16, 8, 1)]
+GEMV_CONFIGS = [(32, 32, 4), (64, 16, 4), (32, 16, 2), (64, 32, 4), (16, 8, 1), (8, 32, 2)]
 GEMM_SMALL = [(16, 64, 4, 3, 8), (16, 64, 4, 3, 16), (16, 128, 4, 4, 8), (32, 64, 4, 3, 8)]
 GEMM_LARGE = [(64, 128, 4, 3, 4), (128, 128, 8, 3, 4), (128, 256, 8, 3, 4)]
 DEQUANT_CHUNKS = [(0,), (8,), (24,)]
@@ -530,8 +566,22 @@ def _partial_or_out(split: int, m: int, n: int, device) -> torch.Tensor:
     return torch.empty(shape, device=device, dtype=dtype)
 
 
+def gemv_locks(n: int, device) -> torch.Tensor:
+    """A layer of n rows' arrival counters for the split-K GEMV, one per (token, row block), zero
+    between launches (each launch's last programs reset theirs)."""
+    return torch.zeros(GEMV_MAX_TOKENS * math.ceil(n / GEMV_MIN_ROWS), dtype=torch.int32, device=device)
+
+
+def gemv_outputs(grid: tuple, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The GEMV's bf16 output [m, n] and, with K split (grid[1] > 1), its float32 partials [split, m, n]."""
+    grid_n, split, m = grid
+    assert m <= GEMV_MAX_TOKENS and grid_n <= math.ceil(n / GEMV_MIN_ROWS), (grid, n)  # the locks' extent
+    out = torch.empty(m, n, device=device, dtype=torch.bfloat16)
+    return out, (torch.empty(split, m, n, device=device, dtype=torch.float32) if split > 1 else out)
+
+
 def gemv_launch(config: tuple, layout: Layout, n: int, m: int) -> tuple[tuple, tuple, int]:
-    """The GEMV's grid, compile-time arguments (P, WORDS, BN, TT, ITERS, EVEN, MASK_K, ONE_GROUP, PARTIAL) and warps for
+    """The GEMV's grid, compile-time arguments (P, WORDS, BN, TT, ITERS, EVEN, MASK_K, ONE_GROUP, SPLITS) and warps for
     config (BN, TT, num_warps) on an [n, layout.in_features] layer and m tokens."""
     bn, tt, warps = config
     grid_n = triton.cdiv(n, bn)
@@ -543,7 +593,7 @@ def gemv_launch(config: tuple, layout: Layout, n: int, m: int) -> tuple[tuple, t
     split = triton.cdiv(chunks, iters)
     even = n % bn == 0 and layout.tiles == split * iters * tt
     mask_k = layout.padded_in != layout.in_features
-    return (grid_n, split, m), (layout.bits, layout.words, bn, tt, iters, even, mask_k, layout.groups == 1, split > 1), warps
+    return (grid_n, split, m), (layout.bits, layout.words, bn, tt, iters, even, mask_k, layout.groups == 1, split), warps
 
 
 def _run(kind: str, config: tuple, x: torch.Tensor, layer: PackedLinear) -> torch.Tensor:
@@ -558,10 +608,10 @@ def _run(kind: str, config: tuple, x: torch.Tensor, layer: PackedLinear) -> torc
         return dequant_matmul(x, n, layout.padded_in, layer.in_features, config[0], fill)
     if kind == "gemv":
         grid, meta, warps = gemv_launch(config, layout, n, m)
-        split = grid[1]
-        out = _partial_or_out(split, m, n, x.device)
-        _gemv_kernel[grid](x, w, layer.scale, layer.offset, out, n, layer.in_features, *common, x.stride(0),
-                           MANTISSA_ONE, *meta, num_warps=warps)
+        out, part = gemv_outputs(grid, n, x.device)
+        _gemv_kernel[grid](x, w, layer.scale, layer.offset, out, part, layer.gemv_locks, n, layer.in_features, *common,
+                           x.stride(0), MANTISSA_ONE, *meta, num_warps=warps)
+        return out
     else:
         grid, per_split, warps, stages = gemm_launch(config, m, n, layout.tiles)
         split = grid[2]

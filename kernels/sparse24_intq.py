@@ -123,6 +123,7 @@ class SparsePackedLinear(nn.Module):
         self.register_buffer("scale", scale.to(self.layout.param_dtype).contiguous())
         self.register_buffer("offset", offset.to(self.layout.param_dtype).contiguous())
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        self.register_buffer("gemv_locks", intq.gemv_locks(self.out_features, weight.device), persistent=False)
         self.layer_id = intq.register(self)
 
     @property
@@ -165,9 +166,9 @@ if triton is not None:
     # (16-byte word loads) of 2 rows; unknown, a thread takes 1 slice of 8 rows and each x value it loads
     # serves all 8 (SASS, 14336x4096 W4: 4.89-5.48 instructions a weight against 5.21-6.12)
     @triton.jit(do_not_specialize=["S"])
-    def _gemv_kernel(x_ptr, q_ptr, i_ptr, s_ptr, b_ptr, out_ptr, N, K, S, n_groups, stride_xm, one,
+    def _gemv_kernel(x_ptr, q_ptr, i_ptr, s_ptr, b_ptr, out_ptr, part_ptr, lock_ptr, N, K, S, n_groups, stride_xm, one,
                      P: tl.constexpr, BN: tl.constexpr, TS: tl.constexpr, ITERS: tl.constexpr, EVEN: tl.constexpr,
-                     MASK_K: tl.constexpr, SPG: tl.constexpr, ONE_GROUP: tl.constexpr, PARTIAL: tl.constexpr):
+                     MASK_K: tl.constexpr, SPG: tl.constexpr, ONE_GROUP: tl.constexpr, SPLITS: tl.constexpr):
         """y[m, rows] for BN rows over ITERS chunks of TS slices (this program's split of K).
 
         Every tensor is [TS slices, BN rows], x, s and b included (their pointers broadcast over the
@@ -219,7 +220,7 @@ if triton is not None:
                 b = tl.where(t < S, b, 0.0)
             acc += s * (qx - (1 << P) * xs) + b * xs
         y = tl.sum(acc, axis=0)
-        _store_rows(out_ptr, y, pid_n, split, m, N, BN, PARTIAL)
+        _store_rows(out_ptr, part_ptr, lock_ptr, y, pid_n, split, m, N, BN, SPLITS)
 
     @triton.jit
     def _dense_slices(q_ptr, i_ptr, s_ptr, b_ptr, rows, t, S, n_groups, slices_per_group,
@@ -286,7 +287,7 @@ DEQUANT_SLICES = 8  # slices a dequantize program: 256 columns, 512 contiguous b
 
 
 def gemv_launch(config: tuple, bits: int, n: int, in_features: int, group_size: int, m: int) -> tuple[tuple, tuple, int]:
-    """Grid, compile-time arguments (P, BN, TS, ITERS, EVEN, MASK_K, SPG, ONE_GROUP, PARTIAL) and warps."""
+    """Grid, compile-time arguments (P, BN, TS, ITERS, EVEN, MASK_K, SPG, ONE_GROUP, SPLITS) and warps."""
     bn, ts, warps = config
     padded, slices, per_group = slicing(in_features, group_size)
     grid_n = triton.cdiv(n, bn)
@@ -295,7 +296,7 @@ def gemv_launch(config: tuple, bits: int, n: int, in_features: int, group_size: 
     iters = triton.cdiv(chunks, split)
     split = triton.cdiv(chunks, iters)
     even = n % bn == 0 and slices == split * iters * ts
-    return (grid_n, split, m), (bits, bn, ts, iters, even, padded != in_features, per_group, per_group == slices, split > 1), warps
+    return (grid_n, split, m), (bits, bn, ts, iters, even, padded != in_features, per_group, per_group == slices, split), warps
 
 
 def _run(kind: str, config: tuple, x: torch.Tensor, layer: SparsePackedLinear) -> torch.Tensor:
@@ -314,10 +315,10 @@ def _run(kind: str, config: tuple, x: torch.Tensor, layer: SparsePackedLinear) -
                            layer.bits, config[0], config[1], GEMM_SLICES, per_split, grid[2] > 1, num_warps=warps, num_stages=stages)
         return intq.sum_splits(out, grid[2], m, n)
     grid, meta, warps = gemv_launch(config, layer.bits, n, layer.in_features, layer.layout.group_size, m)
-    out = intq._partial_or_out(grid[1], m, n, x.device)
-    _gemv_kernel[grid](x, *weights, out, n, layer.in_features, layer.slices, layer.groups, x.stride(0), intq.MANTISSA_ONE, *meta,
-                       num_warps=warps)
-    return intq.sum_splits(out, grid[1], m, n)
+    out, part = intq.gemv_outputs(grid, n, x.device)
+    _gemv_kernel[grid](x, *weights, out, part, layer.gemv_locks, n, layer.in_features, layer.slices, layer.groups, x.stride(0),
+                       intq.MANTISSA_ONE, *meta, num_warps=warps)
+    return out
 
 
 def candidates(m: int) -> list[tuple[str, tuple]]:

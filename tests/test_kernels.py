@@ -152,7 +152,8 @@ def test_calibrated_methods_models_run_through_their_kernels(method, compression
     simulated = model(ids).logits
     backend, _ = kernels.choose(compression, method, {})
     kernels.convert(model, compress.compressible_layers(model), backend, compression, {})
-    assert sum(isinstance(m, packed) for m in model.modules()) == 14
+    # 14 layers; intq stacks q, k, v and gate, up of each of the 2 blocks (8 layers); 2:4+int does not fuse
+    assert sum(isinstance(m, packed) for m in model.modules()) == (8 if packed is intq.PackedLinear else 14)
     # float16 scales and offsets round each weight by up to ~2^-11 of its group's range; a wrong code is 1e-2 and more
     assert ((model(ids).logits - simulated).norm() / simulated.norm()).item() < 2e-3
 
@@ -185,8 +186,33 @@ def test_packed_model_computes_the_compressed_model():
     backend, _ = kernels.choose(compression, "rtn", {})
     kernels.convert(model, compress.compressible_layers(model), backend, compression, {})
     assert not compress.compressible_layers(model)  # every compressed nn.Linear was swapped out
-    assert sum(isinstance(m, intq.PackedLinear) for m in model.modules()) == 14
+    # per block: q, k, v fused into one layer and gate, up into another; o and down alone
+    assert sum(isinstance(m, intq.PackedLinear) for m in model.modules()) == 8
+    assert sum(isinstance(m, kernels.ProductSlice) for m in model.modules()) == 10
+    calls = []
+    for block in model.model.layers:
+        for fused in (block.self_attn.q_proj_k_proj_v_proj, block.mlp.gate_proj_up_proj):
+            fused.register_forward_hook(lambda *args: calls.append(1))
     assert ((model(ids).logits - simulated).norm() / simulated.norm()).item() < 1e-3
+    assert len(calls) == 4  # one product per fused layer a forward, shared by its slices
+    assert all(m.shared.input is None for m in model.modules() if isinstance(m, kernels.ProductSlice))  # nothing held after
+
+
+@torch.no_grad()
+def test_fused_siblings_stack_biases_and_keep_the_bf16_layers():
+    """bf16 (the baseline) fuses as the packed backends do; a sibling's bias lands in its own columns,
+    and a sibling without one gets zeros there."""
+    from harness.kernels import bf16
+
+    model = models.load_model(TINY, "cpu", torch.float32, 0)
+    attn = model.model.layers[0].self_attn
+    attn.q_proj.bias = torch.nn.Parameter(torch.randn(attn.q_proj.out_features))
+    attn.v_proj.bias = torch.nn.Parameter(torch.randn(attn.v_proj.out_features))
+    ids = torch.randint(model.config.vocab_size, (2, 12))
+    dense = model(ids).logits
+    kernels.convert(model, compress.compressible_layers(model), bf16, Compression(None, None), {})
+    assert isinstance(attn.q_proj, kernels.ProductSlice) and attn.q_proj_k_proj_v_proj.bias is not None
+    assert ((model(ids).logits - dense).norm() / dense.norm()).item() < 1e-5
 
 
 @torch.no_grad()
@@ -256,7 +282,8 @@ INTQ_CASES = [
     (2, 32, True, 50, 160, 1, "gemv", (64, 16, 4)), (2, 128, False, 16, 4096, 1, "gemv", (16, 32, 4)),
     (8, -1, True, 20, 576, 1, "gemv", (16, 32, 4)), (8, 256, False, 32, 512, 1, "gemv", (32, 32, 4)),
     (3, 64, True, 50, 640, 2, "gemv", (16, 8, 1)), (4, 128, False, 64, 4096, 1, "gemv", (64, 32, 8)),
-    (2, 128, True, 70, 1024, 1, "gemv", (64, 32, 4)),
+    (2, 128, True, 70, 1024, 1, "gemv", (64, 32, 4)), (4, 64, False, 33, 640, 2, "gemv", (8, 32, 2)),
+    (2, 32, True, 40, 2048, 1, "gemv", (8, 32, 2)),
     (3, 32, False, 30, 128, 9, "dequant", (0,)), (3, -1, True, 9, 100, 3, "dequant", (0,)),
     (2, 64, False, 17, 320, 2, "dequant", (0,)), (8, 128, True, 12, 256, 2, "dequant", (0,)),
     (4, 128, True, 1100, 1024, 2, "dequant", (1,)),
@@ -292,7 +319,7 @@ def test_kernels_compile_for_hopper_without_int_to_float_in_the_gemv():
     sass = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_sass.py"), run_name="kernel_sass")
     ptr, compile_kernel = sass["ptr"], sass["compile_kernel"]
     for bits, n, k, group, config in [(3, 4096, 14336, 128, (64, 16, 4)), (4, 300, 1000, -1, (16, 16, 2)), (2, 64, 256, 32, (32, 16, 2)),
-                                      (8, 96, 512, 64, (16, 32, 4))]:
+                                      (8, 96, 512, 64, (16, 32, 4)), (4, 1024, 4096, 128, (8, 32, 2))]:
         compiled = sass["new_kernel"](bits, n, k, group, config)[0]
         opcodes = [text.split()[0] for _, text in sass["instructions"](sass["sass_of"](compiled)[0])]
         assert opcodes and not [op for op in opcodes if op.startswith("I2F")], (bits, config)

@@ -110,7 +110,8 @@ def test_converted_model_matches_simulated_and_is_timed():
         simulated = model(ids).logits.float()
         latency_dict = latency.measure_run(model, compression, {"name": "rtn"}, {"latency_prompt_len": 32, "latency_batch": 4})
         through_kernels = model(ids).logits.float()
-    assert isinstance(model.model.layers[0].mlp.up_proj, intq.PackedLinear)
+    assert isinstance(model.model.layers[0].mlp.down_proj, intq.PackedLinear)
+    assert isinstance(model.model.layers[0].mlp.gate_proj_up_proj, intq.PackedLinear)  # gate and up fused
     assert ((through_kernels - simulated).norm() / simulated.norm()).item() < 2e-2
     assert latency_dict["available"] and latency_dict["kernel"] == intq.NAME and latency_dict["compiled"] is True
     assert latency_dict["prefill_ms"] > 0 and set(latency_dict["decode_tokens_per_s"]) == {"1", "4"}
