@@ -82,14 +82,18 @@ def measure(model: nn.Module, prompt_len: int, batch: int, steps: int = DECODE_S
     take is timed uncompiled instead: `compiled: false` and the error in `compile_error`."""
     if compiled:
         try:
-            # dynamo runs a frame eagerly, silently, once it has compiled it recompile_limit times (each
-            # new shape or model is one): a timing so taken is not compiled, so that fails here instead
-            with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+            with strict_compile():
                 return {**_timed(model, torch.compile(model, dynamic=False), prompt_len, batch, steps), "compiled": True, "compile_error": None}
         except Exception as err:  # noqa: BLE001 - any compiler failure; the uncompiled timing still stands
             log.warning("latency: torch.compile failed (%s: %s); timing the uncompiled model", type(err).__name__, err)
             error = f"{type(err).__name__}: {err}"[:500]
     return {**_timed(model, model, prompt_len, batch, steps), "compiled": False, "compile_error": error if compiled else None}
+
+
+def strict_compile():
+    """Compiled code or an error: dynamo otherwise runs a frame eagerly, silently, once it has compiled
+    it recompile_limit times (each new shape or model is one), and a timing so taken is not compiled."""
+    return torch._dynamo.config.patch(fail_on_recompile_limit_hit=True)
 
 
 def _timed(model: nn.Module, forward: Callable, prompt_len: int, batch: int, steps: int) -> dict[str, Any]:

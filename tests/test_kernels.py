@@ -238,6 +238,20 @@ def test_packed_model_compiles_into_one_graph_and_decodes_as_eager():
 
 
 @torch.no_grad()
+def test_strict_compile_raises_where_dynamo_would_fall_back_to_eager():
+    """latency.measure times under strict_compile: past dynamo's recompile limit a new shape raises (and
+    is recorded as compiled: false) instead of running uncompiled under a compiled label."""
+    torch._dynamo.reset()  # entries of earlier tests' models would count against the limit
+    model = models.load_model(TINY, "cpu", torch.float32, 0)
+    compiled = torch.compile(model, dynamic=False)
+    with latency.strict_compile(), torch._dynamo.config.patch(recompile_limit=1):
+        compiled(torch.randint(model.config.vocab_size, (1, 8)))
+        with pytest.raises(Exception, match="(?i)recompile|limit"):
+            compiled(torch.randint(model.config.vocab_size, (1, 9)))
+    torch._dynamo.reset()
+
+
+@torch.no_grad()
 @pytest.mark.parametrize("method,compression,reason", [
     ("magnitude", Compression(None, SparsityPattern(0.5)), "only 2:4"),
     ("awq", Compression(QuantFormat(4, 64, False), None), "not on the triton-intq grid"),  # unquantized weights stand in
